@@ -1,0 +1,306 @@
+//! [`RawConfig`] → [`Settings`]: apply defaults, check every rule, and collect every error
+//! (never stop at the first). Sections live in sibling files: `listeners`, `upstreams`,
+//! `routes`, `features` (JWT / static / rate limits, type-checked but not yet enabled).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::error::Errors;
+use super::raw::{defaults, RawConfig, RawLogging, RawServer};
+use super::units::DurationValue;
+use super::{jwt_policy, listeners, routes, upstreams};
+use super::{AdminSettings, LogFormat, LoggingSettings, ServerSettings, Settings};
+
+/// Validates everything; `None` when any error was recorded.
+pub(crate) fn validate(
+    raw: RawConfig,
+    base_dir: &Path,
+    source: PathBuf,
+    errs: &mut Errors<'_>,
+) -> Option<Settings> {
+    let server = server(raw.server.unwrap_or_default(), errs);
+    let listeners = listeners::validate(&raw.listeners, raw.partial, base_dir, errs);
+    let admin = raw.admin.and_then(|a| {
+        let bind = parse_bind(&a.bind, "admin.bind", errs)?;
+        for l in &listeners {
+            if binds_collide(bind, l.bind) {
+                errs.add(
+                    "admin.bind",
+                    format!("{bind} collides with listener {:?} ({})", l.name, l.bind),
+                );
+            }
+        }
+        Some(AdminSettings { bind })
+    });
+    let upstreams = upstreams::validate(&raw.upstreams, errs);
+    let policy_names = jwt_policy::jwt_policies(&raw.jwt_policies, base_dir, errs);
+    let ctx = routes::RouteContext {
+        upstream_names: raw.upstreams.iter().map(|(n, _)| n.as_str()).collect(),
+        policy_names,
+        default_max_body: server.max_body_bytes,
+        base_dir,
+    };
+    let routes = routes::validate(&raw.routes, &ctx, errs);
+    let logging = logging(raw.logging.unwrap_or_default(), errs);
+
+    if errs.count() > 0 {
+        return None;
+    }
+    Some(Settings {
+        source,
+        server,
+        listeners,
+        upstreams: upstreams.into_iter().flatten().collect(),
+        routes,
+        admin,
+        logging,
+    })
+}
+
+/// `base_dir/p` unless `p` is absolute.
+pub(crate) fn resolve(base_dir: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+/// A duration that must be > 0, defaulted when absent.
+pub(crate) fn positive(
+    value: Option<DurationValue>,
+    default: Duration,
+    path: impl Into<String>,
+    errs: &mut Errors<'_>,
+) -> Duration {
+    match value {
+        None => default,
+        Some(DurationValue(d)) if d.is_zero() => {
+            errs.add(path, "must be greater than 0");
+            default
+        }
+        Some(DurationValue(d)) => d,
+    }
+}
+
+/// A count that must be ≥ 1, defaulted when absent.
+pub(crate) fn at_least_one<T: Copy + PartialEq + Default>(
+    value: Option<T>,
+    default: T,
+    path: impl Into<String>,
+    errs: &mut Errors<'_>,
+) -> T {
+    match value {
+        Some(v) if v == T::default() => {
+            errs.add(path, "must be at least 1");
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
+pub(crate) fn parse_bind(text: &str, path: &str, errs: &mut Errors<'_>) -> Option<SocketAddr> {
+    match text.trim().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.add(
+                path,
+                format!(
+                    "invalid bind address {text:?}: expected IP:PORT such as \"127.0.0.1:8080\" or \"[::]:443\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Whether two binds would fight over the same socket (port 0 = ephemeral, never collides).
+pub(crate) fn binds_collide(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn server(raw: RawServer, errs: &mut Errors<'_>) -> ServerSettings {
+    let max_header_bytes = raw
+        .max_header_bytes
+        .map_or(defaults::MAX_HEADER_BYTES, |s| s.0);
+    if max_header_bytes < 1024 {
+        errs.add("server.max_header_bytes", "must be at least 1KiB");
+    }
+    let trusted_proxies = raw
+        .trusted_proxies
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, text)| match parse_cidr(text) {
+            Ok(net) => Some(net),
+            Err(msg) => {
+                errs.add(format!("server.trusted_proxies[{i}]"), msg);
+                None
+            }
+        })
+        .collect();
+    ServerSettings {
+        worker_threads: raw.worker_threads.unwrap_or(defaults::WORKER_THREADS),
+        max_connections: at_least_one(
+            raw.max_connections,
+            defaults::MAX_CONNECTIONS,
+            "server.max_connections",
+            errs,
+        ),
+        header_read_timeout: positive(
+            raw.header_read_timeout,
+            defaults::HEADER_READ_TIMEOUT,
+            "server.header_read_timeout",
+            errs,
+        ),
+        idle_timeout: positive(
+            raw.idle_timeout,
+            defaults::IDLE_TIMEOUT,
+            "server.idle_timeout",
+            errs,
+        ),
+        max_header_bytes,
+        max_body_bytes: raw.max_body_bytes.map_or(defaults::MAX_BODY_BYTES, |s| s.0),
+        // 0 is allowed: stop at once without draining.
+        shutdown_grace: raw.shutdown_grace.map_or(defaults::SHUTDOWN_GRACE, |d| d.0),
+        trusted_proxies,
+    }
+}
+
+/// `10.0.0.0/8`, `fd00::/8`, or a bare IP meaning just that address.
+pub(crate) fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let t = text.trim();
+    if let Ok(net) = t.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    t.parse::<std::net::IpAddr>().map(IpNet::from).map_err(|_| {
+        format!("invalid CIDR {text:?}: expected e.g. \"10.0.0.0/8\" or \"192.0.2.7\"")
+    })
+}
+
+fn logging(raw: RawLogging, errs: &mut Errors<'_>) -> LoggingSettings {
+    let level = raw.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_string());
+    let simple = ["trace", "debug", "info", "warn", "error", "off"];
+    let plain = !level.contains(['=', ',', '[']);
+    if plain && !simple.contains(&level.to_ascii_lowercase().as_str()) {
+        errs.add(
+            "logging.level",
+            format!("unknown level {level:?} (use trace, debug, info, warn, error, off, or a filter like \"gateway=debug\")"),
+        );
+    } else if !plain {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            errs.add("logging.level", format!("invalid filter {level:?}: {e}"));
+        }
+    }
+    let format = match raw.format.as_deref().unwrap_or(defaults::LOG_FORMAT) {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            errs.add(
+                "logging.format",
+                format!("unknown format {other:?} (use text or json)"),
+            );
+            LogFormat::Text
+        }
+    };
+    LoggingSettings {
+        level,
+        format,
+        access_log: raw.access_log.unwrap_or(defaults::ACCESS_LOG),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{errors_of, minimal, ok};
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let s = ok(&minimal(""));
+        assert_eq!(s.server.worker_threads, 0);
+        assert_eq!(s.server.max_connections, 10_000);
+        assert_eq!(s.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(s.server.max_header_bytes, 16 * 1024);
+        assert_eq!(s.server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(s.server.shutdown_grace, Duration::from_secs(30));
+        assert!(s.server.trusted_proxies.is_empty());
+        assert_eq!(s.logging.level, "info");
+        assert_eq!(s.logging.format, LogFormat::Text);
+        assert!(s.logging.access_log);
+        assert!(s.admin.is_none());
+        assert_eq!(s.routes[0].max_body_bytes, 10 * 1024 * 1024);
+    }
+
+    #[test]
+    fn server_values_and_trusted_proxies() {
+        let s = ok(&minimal(
+            "server:\n  max_body_bytes: 1MiB\n  header_read_timeout: 250ms\n  trusted_proxies: [10.0.0.0/8, 192.0.2.7, \"::1\", 10.1.2.3/16]\n",
+        ));
+        assert_eq!(s.server.max_body_bytes, 1 << 20);
+        assert_eq!(s.server.header_read_timeout, Duration::from_millis(250));
+        let nets: Vec<String> = s
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            nets,
+            ["10.0.0.0/8", "192.0.2.7/32", "::1/128", "10.1.0.0/16"]
+        );
+    }
+
+    #[test]
+    fn bad_server_values() {
+        let errs = errors_of(&minimal(
+            "server:\n  idle_timeout: 0s\n  max_connections: 0\n  trusted_proxies: [10.0.0.0/33, nope]\n",
+        ));
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "server.trusted_proxies[0]",
+                "server.trusted_proxies[1]",
+                "server.max_connections",
+                "server.idle_timeout"
+            ]
+        );
+        assert_eq!(errs[3].line, Some(2));
+    }
+
+    #[test]
+    fn admin_and_logging() {
+        let s = ok(&minimal(
+            "admin: { bind: \"127.0.0.1:9901\" }\nlogging: { level: \"gateway=debug,info\", format: json, access_log: false }\n",
+        ));
+        assert_eq!(s.admin.unwrap().bind.port(), 9901);
+        assert_eq!(s.logging.format, LogFormat::Json);
+        assert!(!s.logging.access_log);
+        let errs = errors_of(&minimal(
+            "admin: { bind: \"127.0.0.1:8080\" }\nlogging: { level: loud, format: xml }\n",
+        ));
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["admin.bind", "logging.level", "logging.format"]);
+        assert!(errs[0].message.contains("collides"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn bind_collisions() {
+        let a: SocketAddr = "0.0.0.0:80".parse().unwrap();
+        assert!(binds_collide(a, "127.0.0.1:80".parse().unwrap()));
+        assert!(!binds_collide(a, "127.0.0.1:81".parse().unwrap()));
+        assert!(!binds_collide(a, "[::]:80".parse().unwrap()));
+        let zero: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert!(!binds_collide(zero, zero));
+    }
+}

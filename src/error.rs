@@ -1,0 +1,212 @@
+//! Error types of the request path, and the ONE place where a failure becomes an HTTP status
+//! ([`GatewayError::status`]) and a short JSON body ([`GatewayError::into_response`]).
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::path::PathError;
+
+/// The body type every response of the gateway carries (upstream stream, error JSON, ...).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type GatewayBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// Wraps a complete in-memory body.
+pub fn full_body(bytes: impl Into<Bytes>) -> GatewayBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Where a failure came from, for logs: the client (downstream), the upstream, or the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Downstream,
+    Upstream,
+    Internal,
+}
+
+/// Everything that can end a request before (or instead of) an upstream response.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("bad request path: {0:?}")]
+    BadPath(PathError),
+    #[error("ambiguous message framing: {0}")]
+    BadFraming(&'static str),
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    #[error("no route matches")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed(HeaderValue),
+    #[error("host does not match the TLS server name")]
+    Misdirected,
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("error reading the request body: {0}")]
+    ClientBody(#[source] BoxError),
+    #[error("no healthy server in upstream {0}")]
+    NoHealthyServer(String),
+    #[error("could not connect to upstream server {server}: {source}")]
+    UpstreamConnect {
+        server: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("upstream server {server} did not answer within {timeout:?}")]
+    UpstreamTimeout {
+        server: String,
+        timeout: std::time::Duration,
+    },
+    #[error("upstream server {server} failed: {source}")]
+    UpstreamFailed {
+        server: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// The HTTP status a client sees for this failure.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadPath(_) | Self::BadFraming(_) | Self::BadRequest(_) | Self::ClientBody(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NoHealthyServer(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The short snake_case word in the JSON body and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadPath(_) => "bad_path",
+            Self::BadFraming(_) => "bad_framing",
+            Self::BadRequest(_) => "bad_request",
+            Self::ClientBody(_) => "bad_body",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
+            Self::Misdirected => "misdirected_request",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::NoHealthyServer(_) => "no_healthy_upstream",
+            Self::UpstreamConnect { .. } => "upstream_connect_failed",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamFailed { .. } => "upstream_failed",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamFailed { .. }
+            | Self::NoHealthyServer(_) => Side::Upstream,
+            Self::Internal(_) => Side::Internal,
+            _ => Side::Downstream,
+        }
+    }
+
+    /// Whether the client connection must be closed after this response (the byte stream
+    /// can no longer be trusted to be in sync).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::BadFraming(_) | Self::ClientBody(_))
+    }
+
+    /// The response a client sees: status, `{"error":"...","status":N}`, and the headers
+    /// that go with the status.
+    pub fn into_response(self) -> Response<GatewayBody> {
+        let status = self.status();
+        let closes = self.closes_connection();
+        let body = format!(
+            "{{\"error\":\"{}\",\"status\":{}}}",
+            self.code(),
+            status.as_u16()
+        );
+        let mut response = Response::new(full_body(body));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Self::MethodNotAllowed(allow) = self {
+            headers.insert(ALLOW, allow);
+        }
+        if closes {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(msg: &str) -> BoxError {
+        msg.to_string().into()
+    }
+
+    #[test]
+    fn statuses_are_pinned() {
+        let cases: Vec<(GatewayError, u16)> = vec![
+            (GatewayError::BadPath(PathError::EncodedSeparator), 400),
+            (GatewayError::BadFraming("te+cl"), 400),
+            (GatewayError::ClientBody(err("reset")), 400),
+            (GatewayError::NotFound, 404),
+            (
+                GatewayError::MethodNotAllowed(HeaderValue::from_static("GET")),
+                405,
+            ),
+            (GatewayError::Misdirected, 421),
+            (GatewayError::BodyTooLarge(10), 413),
+            (GatewayError::NoHealthyServer("app".into()), 503),
+            (
+                GatewayError::UpstreamConnect {
+                    server: "s".into(),
+                    source: err("refused"),
+                },
+                502,
+            ),
+            (
+                GatewayError::UpstreamTimeout {
+                    server: "s".into(),
+                    timeout: std::time::Duration::from_secs(1),
+                },
+                504,
+            ),
+            (
+                GatewayError::UpstreamFailed {
+                    server: "s".into(),
+                    source: err("reset"),
+                },
+                502,
+            ),
+            (GatewayError::Internal("x".into()), 500),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn response_is_short_json_with_allow_and_close() {
+        let response =
+            GatewayError::MethodNotAllowed(HeaderValue::from_static("GET, POST")).into_response();
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[ALLOW], "GET, POST");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"error":"method_not_allowed","status":405}"#);
+
+        let response = GatewayError::BadFraming("te+cl").into_response();
+        assert_eq!(response.headers()[CONNECTION], "close");
+    }
+}

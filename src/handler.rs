@@ -1,0 +1,280 @@
+//! The per-request pipeline. Its order, each step with its reason:
+//!
+//! 1. framing checks    — ambiguous framing is a smuggling attempt: 400 and close, before anything.
+//! 2. HTTPS redirect    — a `redirect_https` listener answers every request with a 308.
+//! 3. path normalising  — once, so routing and the upstream see the same path (no `/%61pi` bypass).
+//! 4. routing           — host + path + method → route, or 404/405/421.
+//! 5. handler           — proxy (body limits and buffering happen there, before the upstream).
+//! 6. response          — `X-Request-Id` on every response, then the access log.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::config::{RouteHandler, Settings};
+use crate::error::{full_body, GatewayBody, GatewayError};
+use crate::observability::{AccessRecord, LoggedBody};
+use crate::proxy::headers::{self, Forwarding, X_REQUEST_ID};
+use crate::proxy::Upstream;
+use crate::router::{RouteDecision, Router};
+
+/// Everything a request needs from the current configuration; swapped whole on reload.
+pub struct State {
+    pub settings: Arc<Settings>,
+    pub router: Router,
+    pub upstreams: Vec<Upstream>,
+}
+
+impl State {
+    pub fn new(settings: Arc<Settings>) -> Self {
+        State {
+            router: Router::new(&settings.routes),
+            upstreams: settings
+                .upstreams
+                .iter()
+                .cloned()
+                .map(Upstream::new)
+                .collect(),
+            settings,
+        }
+    }
+}
+
+/// What is known about the client connection a request arrived on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<str>,
+    pub tls: bool,
+    /// The TLS server name the client asked for, lower-case.
+    pub sni: Option<String>,
+    /// `Some(port)` on a `redirect_https` listener.
+    pub redirect_https: Option<u16>,
+    pub peer_trusted: bool,
+}
+
+/// hyper's entry point: never fails; every error is a response.
+pub async fn handle(
+    state: Arc<State>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<GatewayBody>, Infallible> {
+    let start = Instant::now();
+    let request_id = headers::request_id(req.headers());
+    let access_log = state.settings.logging.access_log;
+    let record = access_log.then(|| AccessRecord {
+        start,
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        status: StatusCode::OK,
+        route: String::new(),
+        upstream: String::new(),
+        request_id: request_id.to_str().unwrap_or_default().to_owned(),
+        client: conn.peer.ip(),
+        listener: conn.listener.to_string(),
+    });
+    let mut labels = Labels::default();
+    let mut response = match route_and_forward(&state, &conn, req, &request_id, &mut labels).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::debug!(error = %e, side = ?e.side(), "request failed");
+            if e.status().is_server_error() {
+                tracing::warn!(request_id = ?request_id, error = %e, "upstream error");
+            }
+            e.into_response()
+        }
+    };
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID.clone(), request_id);
+    Ok(match record {
+        Some(mut record) => {
+            record.status = response.status();
+            record.route = labels.route;
+            record.upstream = labels.server;
+            let (parts, body) = response.into_parts();
+            let body = LoggedBody::new(body, Box::new(record));
+            Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
+        }
+        None => response,
+    })
+}
+
+/// Names for the access log, filled in as the request travels.
+#[derive(Default)]
+struct Labels {
+    route: String,
+    server: String,
+}
+
+async fn route_and_forward(
+    state: &State,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+    labels: &mut Labels,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    check_framing(&req)?;
+    if let Some(port) = conn.redirect_https {
+        return redirect_to_https(&req, port);
+    }
+
+    let path = crate::path::normalize(req.uri().path()).map_err(GatewayError::BadPath)?;
+    let host = request_host(&req);
+    let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+    let route =
+        match state
+            .router
+            .route(host_str, conn.tls, conn.sni.as_deref(), &path, req.method())
+        {
+            RouteDecision::Matched(index) => &state.settings.routes[index],
+            RouteDecision::NotFound => return Err(GatewayError::NotFound),
+            RouteDecision::MethodNotAllowed { allow } => {
+                return Err(GatewayError::MethodNotAllowed(allow))
+            }
+            RouteDecision::Misdirected => return Err(GatewayError::Misdirected),
+        };
+    labels.route.clone_from(&route.name);
+
+    let path_and_query = forwarded_path_and_query(&path, req.uri().query())?;
+    match route.handler {
+        RouteHandler::Upstream(index) => {
+            let upstream = &state.upstreams[index];
+            let fwd = Forwarding {
+                peer: conn.peer.ip(),
+                peer_trusted: conn.peer_trusted,
+                https: conn.tls,
+                host: host.as_ref(),
+                request_id,
+            };
+            let forwarded =
+                crate::proxy::forward(upstream, req, path_and_query, &fwd, route.max_body_bytes)
+                    .await?;
+            labels.server.push_str(forwarded.server);
+            Ok(forwarded.response)
+        }
+    }
+}
+
+/// RFC 9112 §6: a request must carry one unambiguous framing. hyper already rejects most
+/// bad framings itself; this catches what reaches us (both headers, a coding other than
+/// `chunked`, several Content-Length values).
+fn check_framing(req: &Request<Incoming>) -> Result<(), GatewayError> {
+    let headers = req.headers();
+    let te_count = headers.get_all(TRANSFER_ENCODING).iter().count();
+    if te_count > 0 {
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(GatewayError::BadFraming(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        let only_chunked = te_count == 1
+            && headers
+                .get(TRANSFER_ENCODING)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        if !only_chunked {
+            return Err(GatewayError::BadFraming(
+                "Transfer-Encoding other than chunked",
+            ));
+        }
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(first) = lengths.next() {
+        if lengths.any(|other| other != first) || first.to_str().map_or(true, |s| s.contains(',')) {
+            return Err(GatewayError::BadFraming("several Content-Length values"));
+        }
+    }
+    Ok(())
+}
+
+/// The authority the client addressed: the URI's when it has one (absolute-form, HTTP/2
+/// `:authority`; RFC 9112 §3.2.2 says it wins over `Host`), else the `Host` header.
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => req.headers().get(HOST).cloned(),
+    }
+}
+
+fn forwarded_path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {
+    let result = match query {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+        None => PathAndQuery::try_from(path),
+    };
+    result.map_err(|_| GatewayError::BadRequest("unparseable request target"))
+}
+
+/// `308` to `https://HOST[:PORT]/same/path?query`.
+fn redirect_to_https(
+    req: &Request<Incoming>,
+    port: u16,
+) -> Result<Response<GatewayBody>, GatewayError> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| strip_port(h).to_owned())
+        })
+        .ok_or(GatewayError::BadRequest("missing Host"))?;
+    let valid_host = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    if !valid_host {
+        return Err(GatewayError::BadRequest("invalid Host"));
+    }
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{target}")
+    } else {
+        format!("https://{host}:{port}{target}")
+    };
+    let location =
+        HeaderValue::try_from(location).map_err(|_| GatewayError::BadRequest("invalid target"))?;
+    let mut response = Response::new(full_body(""));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    response.headers_mut().insert(LOCATION, location);
+    Ok(response)
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_ports() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn path_and_query_keeps_query() {
+        assert_eq!(
+            forwarded_path_and_query("/a", Some("x=1&y=%2F"))
+                .unwrap()
+                .as_str(),
+            "/a?x=1&y=%2F"
+        );
+        assert_eq!(forwarded_path_and_query("/a", None).unwrap().as_str(), "/a");
+    }
+}

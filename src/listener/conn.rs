@@ -1,0 +1,203 @@
+//! Serving one accepted connection with hyper: HTTP/1.1 and HTTP/2 (ALPN on TLS, prior
+//! knowledge on plain TCP), the slow-loris guard, keep-alive idle timeout and graceful drain.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerSettings;
+use crate::handler::{self, ConnInfo, State};
+
+/// Which HTTP version(s) to speak on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge.
+    Auto,
+    Http1,
+    Http2,
+}
+
+/// hyper connection builders, configured once per listener from `server:` settings.
+pub struct Builders {
+    auto: Builder<TokioExecutor>,
+    http1: Builder<TokioExecutor>,
+    http2: Builder<TokioExecutor>,
+    idle_timeout: Duration,
+}
+
+impl Builders {
+    pub fn new(server: &ServerSettings) -> Self {
+        let make = || {
+            let mut builder = Builder::new(TokioExecutor::new());
+            // hyper's header timer also runs while an HTTP/1.1 connection waits for its next
+            // request, so keep-alive idle on HTTP/1.1 is bounded by header_read_timeout too.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(server.header_read_timeout)
+                .max_buf_size(
+                    usize::try_from(server.max_header_bytes)
+                        .unwrap_or(usize::MAX)
+                        .max(8192),
+                )
+                .keep_alive(true);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+                .max_concurrent_streams(256)
+                .keep_alive_interval(Some(server.idle_timeout))
+                .keep_alive_timeout(Duration::from_secs(20));
+            builder
+        };
+        Builders {
+            auto: make(),
+            http1: make().http1_only(),
+            http2: make().http2_only(),
+            idle_timeout: server.idle_timeout,
+        }
+    }
+
+    fn get(&self, protocol: Protocol) -> &Builder<TokioExecutor> {
+        match protocol {
+            Protocol::Auto => &self.auto,
+            Protocol::Http1 => &self.http1,
+            Protocol::Http2 => &self.http2,
+        }
+    }
+}
+
+/// Serves requests on `io` until the client leaves, the connection idles out, or
+/// `shutdown` fires (then in-flight requests finish and the connection closes).
+pub async fn serve<I>(
+    io: I,
+    protocol: Protocol,
+    builders: Arc<Builders>,
+    state: Arc<arc_swap::ArcSwap<State>>,
+    info: Arc<ConnInfo>,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let epoch = Instant::now();
+    let last_activity = Arc::new(AtomicU64::new(0));
+    let io = ActivityIo {
+        inner: io,
+        epoch,
+        last_activity: last_activity.clone(),
+    };
+    let service = service_fn(move |req| {
+        let state = state.load_full();
+        handler::handle(state, info.clone(), req)
+    });
+    let conn = builders
+        .get(protocol)
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+
+    let idle = builders.idle_timeout;
+    let mut draining = false;
+    let idle_check = tokio::time::sleep(idle);
+    tokio::pin!(idle_check);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = idle_check.as_mut(), if !draining => {
+                let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+                let quiet_for = epoch.elapsed().saturating_sub(last);
+                if quiet_for >= idle {
+                    tracing::debug!("closing idle connection");
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                } else {
+                    idle_check.as_mut().reset((Instant::now() + (idle - quiet_for)).into());
+                }
+            }
+        }
+    }
+}
+
+/// Records when bytes last moved, for the idle timeout.
+struct ActivityIo<I> {
+    inner: I,
+    epoch: Instant,
+    last_activity: Arc<AtomicU64>,
+}
+
+impl<I> ActivityIo<I> {
+    fn touch(&self) {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity.store(now, Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,146 @@
+//! Listening sockets: bind, accept under the global connection limit, TLS handshake
+//! (bounded by `header_read_timeout`), then hand the connection to [`conn::serve`].
+
+pub mod conn;
+pub mod tls;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::handler::{ConnInfo, State};
+use conn::{Builders, Protocol};
+
+/// Binds a listening socket with `SO_REUSEADDR` and a generous backlog.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Everything an accept loop needs; one per listener.
+pub struct Acceptor {
+    pub name: Arc<str>,
+    pub tcp: TcpListener,
+    pub tls: Option<TlsAcceptor>,
+    pub redirect_https: Option<u16>,
+    pub builders: Arc<Builders>,
+    pub state: Arc<ArcSwap<State>>,
+    /// Shared by all listeners: `server.max_connections`.
+    pub connections: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+impl Acceptor {
+    /// Accepts until shutdown; then the socket is closed so new connections are refused.
+    pub async fn run(self) {
+        loop {
+            let permit = tokio::select! {
+                permit = self.connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = self.shutdown.cancelled() => break,
+            };
+            let accepted = tokio::select! {
+                accepted = self.tcp.accept() => accepted,
+                _ = self.shutdown.cancelled() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            let task = self.connection_task(stream, peer);
+            self.tracker.spawn(async move {
+                let _permit = permit;
+                task.await;
+            });
+        }
+        tracing::info!(listener = %self.name, "stopped accepting");
+    }
+
+    fn connection_task(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> impl std::future::Future<Output = ()> {
+        let state = self.state.clone();
+        let current = state.load();
+        let server = &current.settings.server;
+        let peer_trusted = server
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
+        let handshake_timeout = server.header_read_timeout;
+        drop(current);
+        let tls = self.tls.clone();
+        let builders = self.builders.clone();
+        let shutdown = self.shutdown.clone();
+        let listener = self.name.clone();
+        let redirect_https = self.redirect_https;
+        async move {
+            let mut info = ConnInfo {
+                peer,
+                listener,
+                tls: tls.is_some(),
+                sni: None,
+                redirect_https,
+                peer_trusted,
+            };
+            match tls {
+                None => {
+                    conn::serve(
+                        stream,
+                        Protocol::Auto,
+                        builders,
+                        state,
+                        Arc::new(info),
+                        shutdown,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let stream = match handshake.await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let (_, session) = stream.get_ref();
+                    info.sni = session.server_name().map(|s| s.to_ascii_lowercase());
+                    let protocol = match session.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        _ => Protocol::Http1,
+                    };
+                    conn::serve(stream, protocol, builders, state, Arc::new(info), shutdown).await
+                }
+            }
+        }
+    }
+}

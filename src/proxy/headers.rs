@@ -1,0 +1,286 @@
+//! Header rules between client and upstream (SPEC.md "Headers sent upstream"): hop-by-hop
+//! removal in both directions, `X-Forwarded-*`, `X-Request-Id`, Host preservation, upgrades.
+//!
+//! Order matters: everything the client may not control is removed first, then the gateway's
+//! own headers are set, so a client can never use `Connection:` to strip what we add.
+
+use std::net::IpAddr;
+
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+};
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// What the gateway knows about the request that the upstream should learn through headers.
+pub struct Forwarding<'a> {
+    pub peer: IpAddr,
+    /// The peer is in `server.trusted_proxies`: its `X-Forwarded-For` is appended to.
+    pub peer_trusted: bool,
+    pub https: bool,
+    /// Host as the client named it (`Host` or `:authority`), port included.
+    pub host: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+}
+
+/// Whether the request asks for a WebSocket upgrade (HTTP/1.1 `Connection: upgrade` +
+/// `Upgrade: websocket`). Other upgrade protocols are not passed through.
+pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
+    let upgrade_listed = headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| list_contains(v, "upgrade"));
+    upgrade_listed
+        && headers
+            .get(UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+}
+
+/// Rewrites a client request's headers into what is sent upstream.
+pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>, websocket: bool) {
+    let upgrade = if websocket {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    remove_hop_by_hop(headers);
+
+    match fwd.host {
+        Some(host) => {
+            headers.insert(HOST, host.clone());
+            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        }
+        None => {
+            headers.remove(HOST);
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if fwd.https { "https" } else { "http" }),
+    );
+    set_forwarded_for(headers, fwd.peer, fwd.peer_trusted);
+    headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
+
+    if let Some(upgrade) = upgrade {
+        headers.insert(UPGRADE, upgrade);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Rewrites an upstream response's headers into what the client sees.
+pub fn prepare_response(
+    headers: &mut HeaderMap,
+    switching_protocols: bool,
+    request_id: &HeaderValue,
+) {
+    let upgrade = if switching_protocols {
+        headers.get(UPGRADE).cloned()
+    } else {
+        None
+    };
+    remove_hop_by_hop(headers);
+    if let Some(upgrade) = upgrade {
+        headers.insert(UPGRADE, upgrade);
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// The client's `X-Request-Id` when it is 1–128 characters of `[A-Za-z0-9._-]`, else a fresh one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(value) = headers.get(&X_REQUEST_ID) {
+        let bytes = value.as_bytes();
+        let valid = (1..=128).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if valid {
+            return value.clone();
+        }
+    }
+    generate_request_id()
+}
+
+fn generate_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for byte in out.iter_mut() {
+        *byte = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    // Only hex digits: always a valid header value.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+/// Removes RFC 9110 §7.6.1 hop-by-hop headers and every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+        headers.remove(name);
+    }
+    headers.remove(TE);
+    headers.remove(TRAILER);
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(UPGRADE);
+}
+
+fn set_forwarded_for(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
+    let peer = peer.to_string();
+    let value = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut chain = String::with_capacity(64);
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(s) = v.to_str() {
+                chain.push_str(s.trim());
+                chain.push_str(", ");
+            }
+        }
+        chain.push_str(&peer);
+        chain
+    } else {
+        peer
+    };
+    match HeaderValue::try_from(value) {
+        Ok(v) => {
+            headers.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        Err(_) => {
+            headers.remove(&X_FORWARDED_FOR);
+        }
+    }
+}
+
+/// Case-insensitive membership in a comma-separated token list.
+fn list_contains(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd<'a>(host: &'a HeaderValue, id: &'a HeaderValue, trusted: bool) -> Forwarding<'a> {
+        Forwarding {
+            peer: "10.0.0.7".parse().unwrap(),
+            peer_trusted: trusted,
+            https: true,
+            host: Some(host),
+            request_id: id,
+        }
+    }
+
+    #[test]
+    fn client_cannot_strip_gateway_headers_via_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("X-Forwarded-For, x-request-id, Host, X-Forwarded-Proto, foo"),
+        );
+        h.insert("foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static("gopher"),
+        );
+        let host = HeaderValue::from_static("example.com:8443");
+        let id = HeaderValue::from_static("abc");
+        prepare_request(&mut h, &fwd(&host, &id, false), false);
+        assert!(h.get("foo").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(CONNECTION).is_none());
+        assert_eq!(h[HOST], "example.com:8443");
+        assert_eq!(h[&X_FORWARDED_HOST], "example.com:8443");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.7");
+        assert_eq!(h[&X_REQUEST_ID], "abc");
+    }
+
+    #[test]
+    fn forwarded_for_is_replaced_unless_peer_trusted() {
+        let host = HeaderValue::from_static("h");
+        let id = HeaderValue::from_static("i");
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("1.1.1.1"));
+        h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("2.2.2.2"));
+        let mut untrusted = h.clone();
+        prepare_request(&mut untrusted, &fwd(&host, &id, false), false);
+        assert_eq!(untrusted.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(untrusted[&X_FORWARDED_FOR], "10.0.0.7");
+        prepare_request(&mut h, &fwd(&host, &id, true), false);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.7");
+    }
+
+    #[test]
+    fn websocket_upgrade_survives_hop_by_hop_removal() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_websocket_upgrade(&h));
+        let host = HeaderValue::from_static("h");
+        let id = HeaderValue::from_static("i");
+        prepare_request(&mut h, &fwd(&host, &id, false), true);
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[CONNECTION], "upgrade");
+
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        assert!(!is_websocket_upgrade(&h));
+    }
+
+    #[test]
+    fn response_loses_hop_by_hop_and_gets_request_id() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        prepare_response(&mut h, false, &HeaderValue::from_static("rid"));
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(TRANSFER_ENCODING).is_none());
+        assert!(h.get(CONNECTION).is_none());
+        assert_eq!(h[&X_REQUEST_ID], "rid");
+    }
+
+    #[test]
+    fn request_id_kept_only_when_well_formed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_REQUEST_ID.clone(),
+            HeaderValue::from_static("abc-123_x.y"),
+        );
+        assert_eq!(request_id(&h), "abc-123_x.y");
+        for bad in ["", "a b", "a/b", "<script>"] {
+            h.insert(X_REQUEST_ID.clone(), HeaderValue::from_str(bad).unwrap());
+            let id = request_id(&h);
+            assert_eq!(id.len(), 32, "{bad:?}");
+        }
+        h.insert(
+            X_REQUEST_ID.clone(),
+            HeaderValue::from_str(&"a".repeat(129)).unwrap(),
+        );
+        assert_eq!(request_id(&h).len(), 32);
+        h.remove(&X_REQUEST_ID);
+        assert_ne!(request_id(&h), request_id(&h));
+    }
+}

@@ -1,0 +1,242 @@
+//! Proxying over real sockets: headers, routing, path normalisation, upstream failures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test]
+async fn forwards_with_gateway_headers_and_request_id() {
+    let up = TestUpstream::echo().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let client = reqwest::Client::new();
+    let res = client
+        .get(gw.url("http", "/hello?x=1"))
+        .header("X-Forwarded-For", "6.6.6.6")
+        .header("X-Forwarded-Proto", "https")
+        .header("Connection", "X-Forwarded-For, X-Drop-Me")
+        .header("X-Drop-Me", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    assert_eq!(res.text().await.unwrap(), "GET /hello?x=1");
+
+    let seen = up.last();
+    let addr = gw.addr("http");
+    assert_eq!(seen.headers["host"], addr.to_string().as_str());
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], addr.to_string().as_str());
+    assert_eq!(seen.headers["x-request-id"], id.as_str());
+    assert!(seen.headers.get("x-drop-me").is_none());
+    assert!(seen.headers.get("connection").is_none());
+}
+
+#[tokio::test]
+async fn client_request_id_is_kept_when_well_formed() {
+    let up = TestUpstream::echo().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let client = reqwest::Client::new();
+    let res = client
+        .get(gw.url("http", "/"))
+        .header("X-Request-Id", "trace-123.abc_DEF")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-123.abc_DEF");
+    assert_eq!(up.last().headers["x-request-id"], "trace-123.abc_DEF");
+    let res = client
+        .get(gw.url("http", "/"))
+        .header("X-Request-Id", "has space")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(res.headers()["x-request-id"], "has space");
+}
+
+#[tokio::test]
+async fn trusted_proxy_forwarded_for_is_appended() {
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "", "  trusted_proxies: [127.0.0.0/8]");
+    let gw = TestGateway::start(&yaml).await;
+    reqwest::Client::new()
+        .get(gw.url("http", "/"))
+        .header("X-Forwarded-For", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        up.last().headers["x-forwarded-for"],
+        "203.0.113.9, 127.0.0.1"
+    );
+}
+
+fn routing_yaml(api: std::net::SocketAddr, other: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+listeners:
+  - name: http
+    bind: "127.0.0.1:0"
+upstreams:
+  api: {{ servers: ["{api}"] }}
+  other: {{ servers: ["{other}"] }}
+routes:
+  - name: admin
+    match: {{ host: admin.test, path_prefix: / }}
+    upstream: other
+  - name: api
+    match: {{ path_prefix: /api, methods: [GET, POST] }}
+    upstream: api
+  - name: wild
+    match: {{ host: "*.apps.test", path_prefix: /app }}
+    upstream: other
+logging: {{ access_log: false }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn routes_by_host_path_and_method() {
+    let api = TestUpstream::echo().await;
+    let other = TestUpstream::echo().await;
+    let gw = TestGateway::start(&routing_yaml(api.addr, other.addr)).await;
+    let addr = gw.addr("http");
+    let get = |path: &str, host: &str| {
+        raw_exchange(
+            addr,
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .into_bytes(),
+            Duration::from_secs(5),
+        )
+    };
+    assert_eq!(status_of(&get("/api/users", "x.test").await), 200);
+    assert_eq!(api.hits(), 1);
+    // Segment-aware: /apix is not under /api.
+    assert_eq!(status_of(&get("/apix", "x.test").await), 404);
+    // Host routes: exact (case and port ignored) and wildcard.
+    assert_eq!(status_of(&get("/api/users", "ADMIN.test:8080").await), 200);
+    assert_eq!(other.hits(), 1);
+    assert_eq!(status_of(&get("/app/1", "a.b.apps.test").await), 200);
+    assert_eq!(other.hits(), 2);
+    assert_eq!(status_of(&get("/app/1", "apps.test").await), 404);
+    assert_eq!(api.hits(), 1);
+
+    // Method not allowed on the first matching route: 405 with Allow, no fall-through.
+    let res = raw_exchange(
+        addr,
+        b"DELETE /api/x HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n".to_vec(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&res), 405, "{res}");
+    assert!(
+        res.to_ascii_lowercase().contains("allow: get, post"),
+        "{res}"
+    );
+    assert!(
+        res.contains(r#"{"error":"method_not_allowed","status":405}"#),
+        "{res}"
+    );
+    assert_eq!(api.hits(), 1);
+}
+
+#[tokio::test]
+async fn paths_are_normalised_before_routing_and_forwarding() {
+    let api = TestUpstream::echo().await;
+    let other = TestUpstream::echo().await;
+    let gw = TestGateway::start(&routing_yaml(api.addr, other.addr)).await;
+    let addr = gw.addr("http");
+    for (raw_path, forwarded) in [
+        ("/%61pi/x", "/api/x"),
+        ("/x/../api/", "/api/"),
+        ("/api/./a/%7Euser", "/api/a/~user"),
+        ("/api//double", "/api//double"),
+    ] {
+        let res = raw_exchange(
+            addr,
+            format!("GET {raw_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(status_of(&res), 200, "{raw_path}: {res}");
+        assert_eq!(api.last().uri.path(), forwarded, "{raw_path}");
+    }
+    let before = api.hits();
+    for bad in [
+        "/api/a%2Fb",
+        "/api/a%2fb",
+        "/api/a%5Cb",
+        "/api/a%00b",
+        "/api/%zz",
+    ] {
+        let res = raw_exchange(
+            addr,
+            format!("GET {bad} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(status_of(&res), 400, "{bad}: {res}");
+    }
+    assert_eq!(api.hits(), before, "no bad path reached the upstream");
+}
+
+#[tokio::test]
+async fn connection_refused_is_502() {
+    let dead = closed_port().await;
+    let gw = TestGateway::start(&simple_yaml(dead, "", "")).await;
+    let res = reqwest::get(gw.url("http", "/")).await.unwrap();
+    assert_eq!(res.status(), 502);
+    assert_eq!(
+        res.text().await.unwrap(),
+        r#"{"error":"upstream_connect_failed","status":502}"#
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let up = TestUpstream::start(|_| async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        http::Response::new(full("late"))
+    })
+    .await;
+    let yaml =
+        simple_yaml(up.addr, "", "").replace("response_timeout: 5s", "response_timeout: 300ms");
+    let gw = TestGateway::start(&yaml).await;
+    let started = std::time::Instant::now();
+    let res = reqwest::get(gw.url("http", "/")).await.unwrap();
+    assert_eq!(res.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn connect_failure_is_retried_on_another_server() {
+    let up = TestUpstream::echo().await;
+    let dead = closed_port().await;
+    let yaml = format!(
+        r#"
+listeners: [{{ name: http, bind: "127.0.0.1:0" }}]
+upstreams:
+  app: {{ servers: ["{dead}", "{live}"], retries: 1 }}
+routes: [{{ match: {{ path_prefix: / }}, upstream: app }}]
+logging: {{ access_log: false }}
+"#,
+        live = up.addr
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let client = reqwest::Client::new();
+    for _ in 0..6 {
+        let res = client
+            .post(gw.url("http", "/x"))
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(up.hits(), 6);
+    assert_eq!(up.last().body, "payload");
+}
