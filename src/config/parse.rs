@@ -73,7 +73,11 @@ fn section<T: DeserializeOwned>(value: Value, path: &str, errs: &mut Errors<'_>)
         Ok(v) => Some(v),
         Err(e) => {
             let inner = e.path().to_string();
-            let message = e.into_inner().to_string();
+            let mut message = e.into_inner().to_string();
+            // Internal type names mean nothing to an operator.
+            if let Some(at) = message.find("expected struct Raw") {
+                message.replace_range(at.., "expected a mapping of settings");
+            }
             let mut full = if inner == "." || inner.is_empty() {
                 path.to_string()
             } else if inner.starts_with('[') {
@@ -226,5 +230,20 @@ mod tests {
         let b = raw.upstreams[1].1.as_ref().unwrap();
         assert_eq!(b.retries, Some(0));
         assert_eq!(b.servers.len(), 1);
+    }
+
+    #[test]
+    fn duplicate_keys_and_wrong_shapes() {
+        let (_, errs) = run("server:\n  idle_timeout: 5s\n  idle_timeout: 6s\n");
+        assert_eq!(errs[0].line, Some(2));
+        assert!(errs[0].message.contains("duplicate entry"), "{}", errs[0]);
+        let (_, errs) = run("server: fast\n");
+        assert_eq!(
+            errs[0].to_string(),
+            "server (line 1): invalid type: string \"fast\", expected a mapping of settings"
+        );
+        let (_, errs) = run("listeners: {}\nupstreams: [a]\n");
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["listeners", "upstreams"]);
     }
 }
