@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,6 +32,7 @@ pub struct Builders {
     http1: Builder<TokioExecutor>,
     http2: Builder<TokioExecutor>,
     idle_timeout: Duration,
+    header_read_timeout: Duration,
 }
 
 impl Builders {
@@ -64,6 +65,7 @@ impl Builders {
             http1: make().http1_only(),
             http2: make().http2_only(),
             idle_timeout: server.idle_timeout,
+            header_read_timeout: server.header_read_timeout,
         }
     }
 
@@ -90,10 +92,12 @@ pub async fn serve<I>(
 {
     let epoch = Instant::now();
     let last_activity = Arc::new(AtomicU64::new(0));
+    let read_any = Arc::new(AtomicBool::new(false));
     let io = ActivityIo {
         inner: io,
         epoch,
         last_activity: last_activity.clone(),
+        read_any: read_any.clone(),
     };
     let service = service_fn(move |req| {
         let state = state.load_full();
@@ -108,6 +112,12 @@ pub async fn serve<I>(
     let mut draining = false;
     let idle_check = tokio::time::sleep(idle);
     tokio::pin!(idle_check);
+    // hyper's header timer only starts once the HTTP/1 parser runs; on plain TCP the
+    // version sniffing before it waits for bytes forever, so a client that connects and says
+    // nothing would hold a connection slot until the idle timeout.
+    let first_byte = tokio::time::sleep(builders.header_read_timeout);
+    tokio::pin!(first_byte);
+    let mut awaiting_first_byte = true;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -119,6 +129,13 @@ pub async fn serve<I>(
             _ = shutdown.cancelled(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
+            }
+            _ = first_byte.as_mut(), if awaiting_first_byte => {
+                awaiting_first_byte = false;
+                if !read_any.load(Ordering::Relaxed) {
+                    tracing::debug!("closing connection: nothing received within header_read_timeout");
+                    return;
+                }
             }
             _ = idle_check.as_mut(), if !draining => {
                 let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
@@ -140,6 +157,8 @@ struct ActivityIo<I> {
     inner: I,
     epoch: Instant,
     last_activity: Arc<AtomicU64>,
+    /// Whether any byte has been read yet (for the first-byte deadline).
+    read_any: Arc<AtomicBool>,
 }
 
 impl<I> ActivityIo<I> {
@@ -158,6 +177,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.read_any.store(true, Ordering::Relaxed);
             self.touch();
         }
         polled

@@ -1,0 +1,456 @@
+//! Lifecycle: graceful drain through the library, and the `gateway` binary's `run` (SIGTERM,
+//! SIGHUP reload) and `check` commands.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Response;
+
+// ---------------------------------------------------------------------------------------------
+// 8. graceful drain (library)
+// ---------------------------------------------------------------------------------------------
+
+async fn slow_upstream(delay: Duration) -> TestUpstream {
+    TestUpstream::start(move |_seen: Seen| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(full("slow done"))
+    })
+    .await
+}
+
+async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_connections_and_finishes_in_flight_requests() {
+    let up = slow_upstream(Duration::from_secs(1)).await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let addr = gw.addr("http");
+    let url = gw.url("http", "/slow");
+    let in_flight = tokio::spawn(async move {
+        let res = reqwest::get(url).await.unwrap();
+        (res.status(), res.text().await.unwrap())
+    });
+    wait_for(
+        "the request to reach the upstream",
+        Duration::from_secs(2),
+        || up.hits() == 1,
+    )
+    .await;
+
+    let shutdown_at = Instant::now();
+    gw.gateway.shutdown();
+    // The listening socket closes at once: connecting is refused (not queued in a backlog).
+    let refused_after = loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                break shutdown_at.elapsed();
+            }
+            // A connect racing the close may be reset instead; Ok means still listening.
+            other => {
+                assert!(
+                    shutdown_at.elapsed() < Duration::from_millis(500),
+                    "listener not closed 500 ms after shutdown (last connect: {other:?})"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert!(
+        !in_flight.is_finished(),
+        "the in-flight request ended before the listener closed ({refused_after:?})"
+    );
+
+    let (status, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "slow done");
+    let drained = tokio::time::timeout(Duration::from_secs(3), gw.gateway.drained())
+        .await
+        .expect("drained() did not return within 3 s");
+    assert!(drained, "drained() reported requests still in flight");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_gives_up_after_shutdown_grace() {
+    let up = slow_upstream(Duration::from_secs(3)).await;
+    let yaml = simple_yaml(up.addr, "", "").replace("shutdown_grace: 5s", "shutdown_grace: 300ms");
+    let gw = TestGateway::start(&yaml).await;
+    let url = gw.url("http", "/slow");
+    let in_flight = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
+    wait_for(
+        "the request to reach the upstream",
+        Duration::from_secs(2),
+        || up.hits() == 1,
+    )
+    .await;
+    gw.gateway.shutdown();
+    let start = Instant::now();
+    assert!(!gw.gateway.drained().await, "drained() claimed success");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "drained() waited {waited:?}"
+    );
+    in_flight.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. the binary
+// ---------------------------------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+
+/// A port that was free a moment ago (bound to port 0, then released).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn binary_yaml(port: u16, upstreams: &[(&str, SocketAddr)], routes: &str) -> String {
+    let mut ups = String::new();
+    for (name, addr) in upstreams {
+        ups.push_str(&format!("  {name}:\n    servers: [\"{addr}\"]\n"));
+    }
+    format!(
+        r#"server:
+  shutdown_grace: 5s
+listeners:
+  - name: http
+    bind: "127.0.0.1:{port}"
+upstreams:
+{ups}routes:
+{routes}
+logging:
+  level: warn
+  access_log: false
+"#
+    )
+}
+
+/// A running `gateway run` process; killed on drop so a failing test leaves nothing behind.
+struct Running {
+    child: Child,
+    stderr_path: PathBuf,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let stderr_path = config.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Running { child, stderr_path }
+    }
+
+    fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "gateway did not exit within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// GET `url`; (status, body), or None when the gateway cannot be reached.
+async fn get(client: &reqwest::Client, url: &str) -> Option<(u16, String)> {
+    let res = client.get(url).send().await.ok()?;
+    let status = res.status().as_u16();
+    Some((status, res.text().await.ok()?))
+}
+
+async fn wait_ready(gw: &mut Running, url: &str) {
+    let c = client();
+    let start = Instant::now();
+    loop {
+        if let Some((200, _)) = get(&c, url).await {
+            return;
+        }
+        assert!(
+            gw.still_running(),
+            "gateway exited during start-up; stderr:\n{}",
+            gw.stderr()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "gateway not answering after 10 s; stderr:\n{}",
+            gw.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An upstream answering `NAME METHOD PATH`.
+async fn named_upstream(name: &'static str) -> TestUpstream {
+    TestUpstream::start(move |seen: Seen| async move {
+        Response::new(full(format!("{name} {} {}", seen.method, seen.uri.path())))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_drains_in_flight_request_and_exits_0_on_sigterm() {
+    let up = TestUpstream::start(|seen: Seen| async move {
+        if seen.uri.path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        Response::new(full(format!("done {}", seen.uri.path())))
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("gateway.yaml");
+    let routes = "  - match: { path_prefix: / }\n    upstream: app";
+    std::fs::write(&config, binary_yaml(port, &[("app", up.addr)], routes)).unwrap();
+    let mut gw = Running::start(&config);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&mut gw, &format!("{base}/ready")).await;
+
+    let hits_before = up.hits();
+    let slow_url = format!("{base}/slow");
+    let in_flight = tokio::spawn(async move { get(&client(), &slow_url).await });
+    wait_for(
+        "the slow request to reach the upstream",
+        Duration::from_secs(2),
+        || up.hits() > hits_before,
+    )
+    .await;
+    let term_at = Instant::now();
+    gw.signal("TERM");
+
+    // New connections are refused while the slow request is still being served.
+    let refused = async {
+        loop {
+            if let Err(e) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return term_at.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let refused_after = tokio::time::timeout(Duration::from_millis(700), refused)
+        .await
+        .expect("listener still accepting 700 ms after SIGTERM");
+    assert!(
+        !in_flight.is_finished(),
+        "refused only after {refused_after:?}"
+    );
+
+    assert_eq!(
+        in_flight.await.unwrap(),
+        Some((200, "done /slow".to_owned())),
+        "in-flight request was not completed; stderr:\n{}",
+        gw.stderr()
+    );
+    let status = gw.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", gw.stderr());
+    assert!(term_at.elapsed() >= Duration::from_millis(500));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_routes_and_keeps_running_config_on_errors() {
+    let a = named_upstream("A").await;
+    let b = named_upstream("B").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("gateway.yaml");
+    let ups = [("a", a.addr), ("b", b.addr)];
+    let v1 = binary_yaml(port, &ups, "  - match: { path_prefix: / }\n    upstream: a");
+    std::fs::write(&config, &v1).unwrap();
+    let mut gw = Running::start(&config);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&mut gw, &format!("{base}/")).await;
+    let c = client();
+    assert_eq!(
+        get(&c, &format!("{base}/b/x")).await,
+        Some((200, "A GET /b/x".to_owned()))
+    );
+
+    // A broken config (route to an upstream that does not exist): logged, old config kept.
+    let broken = binary_yaml(
+        port,
+        &ups,
+        "  - match: { path_prefix: /b/ }\n    upstream: nope\n  - match: { path_prefix: / }\n    upstream: b",
+    );
+    std::fs::write(&config, broken).unwrap();
+    gw.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        gw.still_running(),
+        "SIGHUP with a broken config killed the gateway"
+    );
+    assert_eq!(
+        get(&c, &format!("{base}/b/x")).await,
+        Some((200, "A GET /b/x".to_owned()))
+    );
+    assert_eq!(
+        get(&c, &format!("{base}/")).await,
+        Some((200, "A GET /".to_owned()))
+    );
+    assert_eq!(b.hits(), 0);
+
+    // A valid change: /b/ now goes to the second upstream.
+    let v2 = binary_yaml(
+        port,
+        &ups,
+        "  - match: { path_prefix: /b/ }\n    upstream: b\n  - match: { path_prefix: / }\n    upstream: a",
+    );
+    std::fs::write(&config, v2).unwrap();
+    gw.signal("HUP");
+    let start = Instant::now();
+    loop {
+        let got = get(&c, &format!("{base}/b/x")).await;
+        if got == Some((200, "B GET /b/x".to_owned())) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "reload not applied after 3 s (last answer {got:?}); stderr:\n{}",
+            gw.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        get(&c, &format!("{base}/other")).await,
+        Some((200, "A GET /other".to_owned()))
+    );
+
+    gw.signal("TERM");
+    let status = gw.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", gw.stderr());
+}
+
+#[test]
+fn check_prints_ok_for_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    std::fs::write(
+        &config,
+        binary_yaml(
+            free_port(),
+            &[("app", up)],
+            "  - match: { path_prefix: / }\n    upstream: app",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().last(), Some("ok"), "{stdout}");
+}
+
+#[test]
+fn check_reports_every_error_with_path_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    // Line numbers matter: `bogus_key` is on line 3, `upstream: nope` on line 12.
+    let yaml = "\
+server:
+  shutdown_grace: 5s
+  bogus_key: 1
+listeners:
+  - name: http
+    bind: \"127.0.0.1:0\"
+upstreams:
+  app:
+    servers: [\"127.0.0.1:9\"]
+routes:
+  - match: { path_prefix: / }
+    upstream: nope
+";
+    std::fs::write(&config, yaml).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        !stdout.lines().any(|l| l.trim() == "ok"),
+        "printed ok for a broken config: {stdout}"
+    );
+    let line_with = |path: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(path))
+            .unwrap_or_else(|| panic!("no error naming {path} in:\n{stderr}"))
+            .to_owned()
+    };
+    let unknown_key = line_with("server.bogus_key");
+    assert!(unknown_key.contains("line 3"), "{unknown_key}");
+    let bad_upstream = line_with("routes[0].upstream");
+    assert!(bad_upstream.contains("line 12"), "{bad_upstream}");
+    assert!(bad_upstream.contains("nope"), "{bad_upstream}");
+}

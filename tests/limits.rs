@@ -1,0 +1,902 @@
+//! Limits over real sockets: the slow-loris guard, header and body size limits, request
+//! buffering, bounded memory while streaming large bodies, the connection limit, and
+//! request-smuggling / bad-framing attempts sent as raw bytes.
+
+mod common;
+
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use http::{Request, Response};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The memory test measures the whole test process, so it runs alone: every other test here
+/// holds this lock shared, the memory test holds it exclusively.
+static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    EXCLUSIVE.read().await
+}
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+
+/// Writes `raw`, then reads until the peer closes or `timeout`. Returns what was read and
+/// whether the peer closed the connection (EOF or reset) within the timeout.
+async fn exchange(addr: SocketAddr, raw: impl AsRef<[u8]>, timeout: Duration) -> (String, bool) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(raw.as_ref()).await.unwrap();
+    read_until_closed(&mut stream, timeout).await
+}
+
+/// Reads until EOF/reset or `timeout`; returns the bytes and whether the connection closed.
+async fn read_until_closed(stream: &mut TcpStream, timeout: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let closed = loop {
+        let mut buf = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// Reads exactly one response (head plus a `Content-Length` body) from a kept-alive connection.
+async fn read_one_response(stream: &mut TcpStream, timeout: Duration) -> Option<String> {
+    let read = async {
+        let mut out = Vec::new();
+        loop {
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if out.len() >= end + 4 + len {
+                    return Some(String::from_utf8_lossy(&out).into_owned());
+                }
+            }
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
+}
+
+fn checksum(data: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    h.finish()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. header_read_timeout (slow loris)
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn partial_request_head_is_cut_off_after_header_read_timeout() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "", "  header_read_timeout: 300ms");
+    let gw = TestGateway::start(&yaml).await;
+    let addr = gw.addr("http");
+
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    let elapsed = start.elapsed();
+    assert!(closed, "connection still open after 3 s");
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(1),
+        "closed after {elapsed:?}"
+    );
+    // hyper closes without writing anything (no 408).
+    assert_eq!(got, "", "unexpected bytes before close");
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn trickled_request_head_does_not_extend_header_read_timeout() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "", "  header_read_timeout: 300ms");
+    let gw = TestGateway::start(&yaml).await;
+    let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    // One byte every 50 ms: bytes keep arriving, but the head never completes.
+    let closed_after = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if start.elapsed() > Duration::from_secs(3) {
+            panic!("trickling connection still open after 3 s");
+        }
+        if stream.write_all(b"a").await.is_err() {
+            break start.elapsed();
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break start.elapsed(),
+            Ok(Ok(n)) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    };
+    assert!(
+        closed_after < Duration::from_secs(1),
+        "closed after {closed_after:?}"
+    );
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn silent_connection_is_closed_after_header_read_timeout() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    // idle_timeout is long: only header_read_timeout may close a connection that says nothing.
+    let yaml = simple_yaml(
+        up.addr,
+        "",
+        "  header_read_timeout: 300ms\n  idle_timeout: 60s",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let start = Instant::now();
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    assert!(
+        closed,
+        "a connection that sent nothing is still open after 3 s"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(got, "");
+}
+
+#[tokio::test]
+async fn request_head_completed_in_time_is_served() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "", "  header_read_timeout: 300ms");
+    let gw = TestGateway::start(&yaml).await;
+    let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
+    // In two parts, 150 ms apart: slow but within the 300 ms budget.
+    stream.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stream
+        .write_all(b"Host: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    assert!(closed);
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("GET /ok"), "{got}");
+    assert_eq!(up.hits(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. max_header_bytes
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "", "  max_header_bytes: 8KiB");
+    let gw = TestGateway::start(&yaml).await;
+    let addr = gw.addr("http");
+
+    let big = "a".repeat(20 * KIB);
+    let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
+    let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+    assert!(closed);
+    assert_eq!(status_of(&got), 431, "{got}");
+    assert_eq!(up.hits(), 0);
+
+    // A head well under the limit still passes.
+    let small = "a".repeat(4 * KIB);
+    let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {small}\r\nConnection: close\r\n\r\n");
+    let (got, _) = exchange(addr, raw, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert_eq!(up.hits(), 1);
+    assert_eq!(up.last().headers["x-big"].len(), 4 * KIB);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. max_body_bytes
+// ---------------------------------------------------------------------------------------------
+
+/// An HTTP/1.1 upstream that counts body bytes as they arrive without keeping them, and can
+/// stream a large response: `GET /download/N` answers N bytes; anything else answers the
+/// number of body bytes it received.
+struct CountingUpstream {
+    addr: SocketAddr,
+    received: Arc<AtomicU64>,
+    hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CountingUpstream {
+    async fn start() -> CountingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(AtomicU64::new(0));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (received2, hits2, conns2) = (received.clone(), hits.clone(), connections.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                conns2.fetch_add(1, Ordering::SeqCst);
+                let (received, hits) = (received2.clone(), hits2.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (received, hits) = (received.clone(), hits.clone());
+                        async move {
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            let download = req
+                                .uri()
+                                .path()
+                                .strip_prefix("/download/")
+                                .map(|n| n.parse::<u64>().unwrap());
+                            let mut body = req.into_body();
+                            let mut mine = 0u64;
+                            while let Some(frame) = body.frame().await {
+                                let Ok(frame) = frame else {
+                                    // Truncated body: the gateway cut the stream.
+                                    return Err("client body failed");
+                                };
+                                if let Some(data) = frame.data_ref() {
+                                    mine += data.len() as u64;
+                                    received.fetch_add(data.len() as u64, Ordering::SeqCst);
+                                }
+                            }
+                            Ok::<_, &'static str>(match download {
+                                Some(n) => Response::new(streamed_body(n)),
+                                None => Response::new(full(mine.to_string())),
+                            })
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        CountingUpstream {
+            addr,
+            received,
+            hits,
+            connections,
+            task,
+        }
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const CHUNK: usize = 64 * KIB;
+
+/// `len` bytes generated on the fly, 64 KiB at a time.
+fn generated_chunks(len: u64) -> impl futures_util::Stream<Item = Bytes> + Send + 'static {
+    let chunk = Bytes::from(vec![b'x'; CHUNK]);
+    futures_util::stream::unfold(0u64, move |sent| {
+        let chunk = chunk.clone();
+        async move {
+            if sent >= len {
+                return None;
+            }
+            let n = (len - sent).min(CHUNK as u64) as usize;
+            Some((chunk.slice(..n), sent + n as u64))
+        }
+    })
+}
+
+fn streamed_body(len: u64) -> TestBody {
+    let frames = generated_chunks(len).map(|b| Ok::<_, BoxError>(Frame::data(b)));
+    BodyExt::boxed(StreamBody::new(frames))
+}
+
+#[tokio::test]
+async fn declared_body_over_server_limit_gets_413_without_contacting_upstream() {
+    let _g = shared().await;
+    let up = CountingUpstream::start().await;
+    let yaml = simple_yaml(up.addr, "", "  max_body_bytes: 1KiB");
+    let gw = TestGateway::start(&yaml).await;
+    let addr = gw.addr("http");
+    // Only the head is sent: the answer must not wait for the 5000 declared bytes.
+    let raw = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
+    let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&got), 413, "{got}");
+    assert!(
+        got.contains(r#"{"error":"body_too_large","status":413}"#),
+        "{got}"
+    );
+    assert!(closed, "connection left open with an unread body");
+    // A body exactly at the limit passes.
+    let raw = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1024\r\nConnection: close\r\n\r\n{}",
+        "b".repeat(1024)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!((up.hits(), up.connections()), (0, 0));
+    let (got, _) = exchange(addr, raw, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("\r\n\r\n1024"), "{got}");
+    assert_eq!(up.hits(), 1);
+}
+
+impl CountingUpstream {
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn route_body_limit_applies_to_its_route_only() {
+    let _g = shared().await;
+    let up = CountingUpstream::start().await;
+    let yaml = format!(
+        r#"
+server:
+  max_body_bytes: 1KiB
+listeners:
+  - name: http
+    bind: "127.0.0.1:0"
+upstreams:
+  app: {{ servers: ["{}"] }}
+routes:
+  - match: {{ path_prefix: /small }}
+    upstream: app
+    max_body_bytes: 100
+  - match: {{ path_prefix: / }}
+    upstream: app
+logging: {{ access_log: false }}
+"#,
+        up.addr
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let addr = gw.addr("http");
+    let post = |path: &str, len: usize| {
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{}",
+            "b".repeat(len)
+        );
+        exchange(addr, raw, Duration::from_secs(3))
+    };
+    assert_eq!(status_of(&post("/small", 500).await.0), 413);
+    assert_eq!(status_of(&post("/small", 100).await.0), 200);
+    assert_eq!(status_of(&post("/other", 500).await.0), 200);
+    assert_eq!(status_of(&post("/other", 1025).await.0), 413);
+    assert_eq!(up.hits(), 2);
+    assert_eq!(up.received(), 600);
+}
+
+/// A chunked request of `parts` chunks of `size` bytes each.
+fn chunked_request(path: &str, parts: usize, size: usize) -> String {
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    for _ in 0..parts {
+        raw.push_str(&format!("{size:x}\r\n{}\r\n", "c".repeat(size)));
+    }
+    raw.push_str("0\r\n\r\n");
+    raw
+}
+
+#[tokio::test]
+async fn chunked_body_growing_past_limit_gets_413_when_buffered() {
+    let _g = shared().await;
+    let up = CountingUpstream::start().await;
+    let yaml = simple_yaml(
+        up.addr,
+        "    request_buffering: true",
+        "  max_body_bytes: 1KiB",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let addr = gw.addr("http");
+    let (got, _) = exchange(addr, chunked_request("/", 5, 400), Duration::from_secs(3)).await;
+    assert_eq!(status_of(&got), 413, "{got}");
+    assert_eq!((up.hits(), up.connections(), up.received()), (0, 0, 0));
+    // Just under the limit, chunked, is forwarded whole (re-framed with Content-Length).
+    let (got, _) = exchange(addr, chunked_request("/", 2, 500), Duration::from_secs(3)).await;
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("\r\n\r\n1000"), "{got}");
+}
+
+#[tokio::test]
+async fn chunked_body_growing_past_limit_is_cut_when_streamed() {
+    let _g = shared().await;
+    let up = CountingUpstream::start().await;
+    let yaml = simple_yaml(
+        up.addr,
+        "    request_buffering: false",
+        "  max_body_bytes: 1KiB",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let addr = gw.addr("http");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    // 400 bytes at a time, with pauses so the first chunks really travel upstream first.
+    for _ in 0..2 {
+        stream
+            .write_all(format!("190\r\n{}\r\n", "c".repeat(400)).as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Streaming: the upstream is already reading the body.
+    let start = Instant::now();
+    while up.received() < 800 && start.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.hits(), 1);
+    assert_eq!(up.received(), 800);
+    // This chunk takes the body past 1 KiB; what follows should never be read.
+    let _ = stream
+        .write_all(format!("190\r\n{}\r\n", "c".repeat(400)).as_bytes())
+        .await;
+    let _ = stream.write_all(b"190\r\n").await;
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    assert!(closed);
+    assert_eq!(status_of(&got), 413, "{got}");
+    assert!(
+        up.received() <= 1024,
+        "upstream received {} bytes",
+        up.received()
+    );
+    assert_eq!(up.received(), 800);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. request buffering
+// ---------------------------------------------------------------------------------------------
+
+/// Sends a 3-part chunked body over ~600 ms; returns the upstream connection count seen just
+/// before the last part, and the response.
+async fn trickle_three_chunks(addr: SocketAddr, up: &TestUpstream) -> (usize, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"POST /trickle HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    for part in [b"part1-", b"part2-"] {
+        stream.write_all(b"6\r\n").await.unwrap();
+        stream.write_all(part).await.unwrap();
+        stream.write_all(b"\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let before_last = up.connections.load(Ordering::SeqCst);
+    stream.write_all(b"5\r\npart3\r\n0\r\n\r\n").await.unwrap();
+    let (got, _) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    (before_last, got)
+}
+
+#[tokio::test]
+async fn buffered_request_reaches_upstream_only_once_complete() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "    request_buffering: true", "");
+    let gw = TestGateway::start(&yaml).await;
+    let (before_last, got) = trickle_three_chunks(gw.addr("http"), &up).await;
+    assert_eq!(
+        before_last, 0,
+        "upstream contacted before the body was complete"
+    );
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    let seen = up.last();
+    assert_eq!(&seen.body[..], b"part1-part2-part3");
+    assert_eq!(seen.headers["content-length"], "17");
+    assert!(seen.headers.get("transfer-encoding").is_none());
+}
+
+#[tokio::test]
+async fn streamed_request_reaches_upstream_before_body_is_complete() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "    request_buffering: false", "");
+    let gw = TestGateway::start(&yaml).await;
+    let (before_last, got) = trickle_three_chunks(gw.addr("http"), &up).await;
+    assert_eq!(before_last, 1, "streaming should connect upstream at once");
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert_eq!(&up.last().body[..], b"part1-part2-part3");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. large bodies with bounded memory; buffered spill to a temporary file
+// ---------------------------------------------------------------------------------------------
+
+fn proc_status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/self/status"))
+}
+
+/// Resets the peak RSS to the current RSS; returns the current RSS in bytes.
+fn reset_peak_rss() -> u64 {
+    std::fs::write("/proc/self/clear_refs", "5").expect("cannot reset VmHWM");
+    proc_status_kib("VmRSS:") * 1024
+}
+
+fn peak_rss() -> u64 {
+    proc_status_kib("VmHWM:") * 1024
+}
+
+const BIG: u64 = 256 * MIB as u64;
+const MEMORY_BUDGET: u64 = 64 * MIB as u64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_bodies_stream_through_in_bounded_memory() {
+    let _g = EXCLUSIVE.write().await;
+    let up = CountingUpstream::start().await;
+    let yaml = simple_yaml(
+        up.addr,
+        "    request_buffering: false",
+        "  max_body_bytes: 1GiB",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    // Warm up (pools, lazily allocated buffers) so the measurement sees only the transfer.
+    let res = client
+        .post(gw.url("http", "/warmup"))
+        .body(vec![0u8; 256 * KIB])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.bytes().await.unwrap();
+    up.received.store(0, Ordering::SeqCst);
+
+    // Upload.
+    let baseline = reset_peak_rss();
+    let start = Instant::now();
+    let body = reqwest::Body::wrap_stream(generated_chunks(BIG).map(Ok::<_, std::io::Error>));
+    let res = client
+        .post(gw.url("http", "/upload"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), BIG.to_string());
+    assert_eq!(up.received(), BIG);
+    let growth = peak_rss().saturating_sub(baseline);
+    eprintln!(
+        "upload of {} MiB took {:?}, peak RSS growth {} KiB",
+        BIG / MIB as u64,
+        start.elapsed(),
+        growth / 1024
+    );
+    assert!(
+        growth < MEMORY_BUDGET,
+        "upload grew peak RSS by {} MiB",
+        growth / MIB as u64
+    );
+
+    // Download.
+    let baseline = reset_peak_rss();
+    let start = Instant::now();
+    let res = client
+        .get(gw.url("http", &format!("/download/{BIG}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.iter().all(|&b| b == b'x'));
+        total += chunk.len() as u64;
+    }
+    assert_eq!(total, BIG);
+    let growth = peak_rss().saturating_sub(baseline);
+    eprintln!(
+        "download of {} MiB took {:?}, peak RSS growth {} KiB",
+        BIG / MIB as u64,
+        start.elapsed(),
+        growth / 1024
+    );
+    assert!(
+        growth < MEMORY_BUDGET,
+        "download grew peak RSS by {} MiB",
+        growth / MIB as u64
+    );
+}
+
+/// Open files of this process that are unlinked and exactly `len` bytes long.
+fn deleted_open_files_of_len(len: u64) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|target| target.to_string_lossy().ends_with("(deleted)"))
+        })
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.len() == len))
+        .count()
+}
+
+#[tokio::test]
+async fn buffered_large_body_spills_to_a_temp_file_and_arrives_intact() {
+    let _g = shared().await;
+    const LEN: usize = 8 * MIB;
+    let spilled = Arc::new(AtomicUsize::new(0));
+    let spilled2 = spilled.clone();
+    let up = TestUpstream::start(move |seen: Seen| {
+        // While the upstream request is in flight the gateway holds the spilled body.
+        spilled2.store(deleted_open_files_of_len(LEN as u64), Ordering::SeqCst);
+        async move { Response::new(full(format!("{:x}", checksum(&seen.body)))) }
+    })
+    .await;
+    let yaml = simple_yaml(
+        up.addr,
+        "    request_buffering: true",
+        "  max_body_bytes: 16MiB",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    // Not uniform, so reordering or loss changes the checksum.
+    let body: Vec<u8> = (0..LEN as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let expected = format!("{:x}", checksum(&body));
+    let chunks: Vec<Bytes> = body.chunks(100_000).map(Bytes::copy_from_slice).collect();
+    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    let res = reqwest::Client::new()
+        .post(gw.url("http", "/big"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), expected);
+    let seen = up.last();
+    assert_eq!(seen.headers["content-length"], LEN.to_string().as_str());
+    assert_eq!(seen.body.len(), LEN);
+    assert!(
+        spilled.load(Ordering::SeqCst) >= 1,
+        "no unlinked temp file of the body's size was open while it was forwarded"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. max_connections
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connections_over_max_connections_wait_for_a_free_slot() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "", "  max_connections: 2");
+    let gw = TestGateway::start(&yaml).await;
+    let addr = gw.addr("http");
+    let request = b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let res = read_one_response(&mut s, Duration::from_secs(3))
+            .await
+            .expect("first two connections are served");
+        assert_eq!(status_of(&res), 200, "{res}");
+        held.push(s); // kept alive, idle
+    }
+
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_one_response(&mut third, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "third connection was answered while two were held"
+    );
+    assert_eq!(up.hits(), 2);
+
+    drop(held.pop());
+    let res = read_one_response(&mut third, Duration::from_secs(3))
+        .await
+        .expect("third connection answered once a slot was freed");
+    assert_eq!(status_of(&res), 200, "{res}");
+    assert!(res.ends_with("GET /third"), "{res}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. smuggling and bad framing
+// ---------------------------------------------------------------------------------------------
+
+async fn expect_400_closed(addr: SocketAddr, raw: &str, up: &TestUpstream) {
+    let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+    assert_eq!(status_of(&got), 400, "{raw:?} -> {got}");
+    assert!(closed, "connection left open after 400 for {raw:?}");
+    assert_eq!(up.hits(), 0, "upstream hit for {raw:?}");
+}
+
+#[tokio::test]
+async fn bad_framing_is_rejected_before_the_upstream() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let addr = gw.addr("http");
+    // A coding other than chunked: the body length is unknowable.
+    expect_400_closed(
+        addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        &up,
+    )
+    .await;
+    expect_400_closed(
+        addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        &up,
+    )
+    .await;
+    // Two differing Content-Lengths.
+    expect_400_closed(
+        addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+        &up,
+    )
+    .await;
+    expect_400_closed(
+        addr,
+        "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 5\r\n\r\nabcde",
+        &up,
+    )
+    .await;
+    // An empty header name.
+    expect_400_closed(addr, "GET / HTTP/1.1\r\nHost: x\r\n: x\r\n\r\n", &up).await;
+    // Whitespace between a header name and its colon (RFC 9112 §5.1).
+    expect_400_closed(
+        addr,
+        "GET / HTTP/1.1\r\nHost: x\r\nContent-Length : 5\r\n\r\nabcde",
+        &up,
+    )
+    .await;
+    expect_400_closed(addr, "GET / HTTP/1.1\r\nHost : x\r\n\r\n", &up).await;
+}
+
+#[tokio::test]
+async fn content_length_with_chunked_is_framed_once_and_closes() {
+    let _g = shared().await;
+    for buffering in [true, false] {
+        let up = TestUpstream::echo().await;
+        let extra = format!("    request_buffering: {buffering}");
+        let gw = TestGateway::start(&simple_yaml(up.addr, &extra, "")).await;
+        let addr = gw.addr("http");
+        for (n, framing) in [
+            "Content-Length: 3\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked\r\nContent-Length: 3",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let raw = format!(
+                "POST /both HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            );
+            let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+            // hyper frames the body by Transfer-Encoding alone and drops Content-Length...
+            assert_eq!(status_of(&got), 200, "{framing:?} -> {got}");
+            // ...and will not keep such a connection alive.
+            assert!(closed, "connection kept open after {framing:?}");
+            assert_eq!(up.hits(), n + 1);
+            let seen = up.last();
+            assert_eq!(&seen.body[..], b"hello", "{framing:?}");
+            let cl = seen.headers.get_all("content-length").iter().count();
+            let te = seen.headers.get_all("transfer-encoding").iter().count();
+            assert_eq!(
+                cl + te,
+                1,
+                "upstream must see exactly one framing header, saw {:?}",
+                seen.headers
+            );
+            if let Some(cl) = seen.headers.get("content-length") {
+                assert_eq!(cl, "5");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn pipelined_smuggling_attempt_never_reaches_upstream() {
+    let _g = shared().await;
+    for buffering in [true, false] {
+        let up = TestUpstream::echo().await;
+        let extra = format!("    request_buffering: {buffering}");
+        let gw = TestGateway::start(&simple_yaml(up.addr, &extra, "")).await;
+        let addr = gw.addr("http");
+        for framing in [
+            "Content-Length: 5\r\nTransfer-Encoding: chunked",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5",
+        ] {
+            let raw = format!(
+                "POST / HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n0\r\n\r\n\
+                 GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+            );
+            let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+            assert!(closed, "{got}");
+            assert_eq!(
+                got.matches("HTTP/1.1 ").count(),
+                1,
+                "more than one response: {got}"
+            );
+            // Also a CL.TE desync aimed at a pooled upstream connection: the next request
+            // on a fresh client connection must be the only other thing the upstream sees.
+            let (next, _) = exchange(
+                addr,
+                "GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                Duration::from_secs(3),
+            )
+            .await;
+            assert_eq!(status_of(&next), 200, "{next}");
+            assert!(next.ends_with("GET /next"), "{next}");
+        }
+        let paths: Vec<String> = up
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.uri.path().to_owned())
+            .collect();
+        assert!(
+            !paths.iter().any(|p| p.contains("smuggled")),
+            "upstream saw {paths:?}"
+        );
+        assert!(paths.iter().all(|p| p == "/" || p == "/next"), "{paths:?}");
+    }
+}
