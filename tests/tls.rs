@@ -917,11 +917,9 @@ logging: {{ access_log: false }}
 }
 
 /// After ALPN settled on http/1.1 the connection must speak HTTP/1.1 (RFC 7301 §3.1), and
-/// `alpn: [http/1.1]` must really keep h2 off. Today hyper-util's `auto::Builder` ignores
-/// `http1_only()` in `serve_connection_with_upgrades` (documented there), so the gateway
-/// sniffs the h2 preface on every TLS connection whatever ALPN chose.
+/// `alpn: [http/1.1]` must really keep h2 off (hyper-util's auto builder would sniff the h2
+/// preface whatever ALPN chose, so TLS connections use hyper's per-version builders).
 #[tokio::test]
-#[ignore = "known bug: ALPN result is not enforced (src/listener/conn.rs)"]
 async fn h2_preface_on_an_http1_alpn_connection_is_refused() {
     let ca = TestCa::new();
     let (c, k, _) = ca.issue("a", &["a.test"]);

@@ -27,56 +27,65 @@ pub enum Protocol {
 }
 
 /// hyper connection builders, configured once per listener from `server:` settings.
+///
+/// TLS connections use hyper's HTTP/1.1 or HTTP/2 builder as ALPN decided (hyper-util's auto
+/// builder would sniff and accept either, whatever ALPN said); plain TCP uses the auto builder
+/// (HTTP/1.1, or HTTP/2 with prior knowledge).
 pub struct Builders {
     auto: Builder<TokioExecutor>,
-    http1: Builder<TokioExecutor>,
-    http2: Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     header_read_timeout: Duration,
 }
 
 impl Builders {
     pub fn new(server: &ServerSettings) -> Self {
-        let make = || {
-            let mut builder = Builder::new(TokioExecutor::new());
-            // hyper's header timer also runs while an HTTP/1.1 connection waits for its next
-            // request, so keep-alive idle on HTTP/1.1 is bounded by header_read_timeout too.
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(server.header_read_timeout)
-                .max_buf_size(
-                    usize::try_from(server.max_header_bytes)
-                        .unwrap_or(usize::MAX)
-                        .max(8192),
-                )
-                .keep_alive(true);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
-                .max_concurrent_streams(256)
-                .keep_alive_interval(Some(server.idle_timeout))
-                .keep_alive_timeout(Duration::from_secs(20));
-            builder
-        };
+        // hyper's header timer also runs while an HTTP/1.1 connection waits for its next
+        // request, so keep-alive idle on HTTP/1.1 is bounded by header_read_timeout too.
+        let max_buf = usize::try_from(server.max_header_bytes)
+            .unwrap_or(usize::MAX)
+            .max(8192);
+        let max_header_list = u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX);
+
+        let mut auto = Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .max_buf_size(max_buf)
+            .keep_alive(true);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_header_list)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .keep_alive_interval(Some(server.idle_timeout))
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .max_buf_size(max_buf)
+            .keep_alive(true);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_header_list)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .keep_alive_interval(Some(server.idle_timeout))
+            .keep_alive_timeout(H2_PING_TIMEOUT);
         Builders {
-            auto: make(),
-            http1: make().http1_only(),
-            http2: make().http2_only(),
+            auto,
+            http1,
+            http2,
             idle_timeout: server.idle_timeout,
             header_read_timeout: server.header_read_timeout,
         }
     }
-
-    fn get(&self, protocol: Protocol) -> &Builder<TokioExecutor> {
-        match protocol {
-            Protocol::Auto => &self.auto,
-            Protocol::Http1 => &self.http1,
-            Protocol::Http2 => &self.http2,
-        }
-    }
 }
+
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Serves requests on `io` until the client leaves, the connection idles out, or
 /// `shutdown` fires (then in-flight requests finish and the connection closes).
@@ -90,62 +99,95 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let epoch = Instant::now();
-    let last_activity = Arc::new(AtomicU64::new(0));
-    let read_any = Arc::new(AtomicBool::new(false));
-    let io = ActivityIo {
-        inner: io,
-        epoch,
-        last_activity: last_activity.clone(),
-        read_any: read_any.clone(),
+    let watch = Watch {
+        epoch: Instant::now(),
+        last_activity: Arc::new(AtomicU64::new(0)),
+        read_any: Arc::new(AtomicBool::new(false)),
+        idle: builders.idle_timeout,
+        first_byte: builders.header_read_timeout,
+        shutdown,
     };
+    let io = TokioIo::new(ActivityIo {
+        inner: io,
+        epoch: watch.epoch,
+        last_activity: watch.last_activity.clone(),
+        read_any: watch.read_any.clone(),
+    });
     let service = service_fn(move |req| {
         let state = state.load_full();
         handler::handle(state, info.clone(), req)
     });
-    let conn = builders
-        .get(protocol)
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(conn);
+    match protocol {
+        Protocol::Auto => {
+            let conn = builders.auto.serve_connection_with_upgrades(io, service);
+            watch.drive(conn, |c| c.graceful_shutdown()).await
+        }
+        Protocol::Http1 => {
+            let conn = builders.http1.serve_connection(io, service).with_upgrades();
+            watch.drive(conn, |c| c.graceful_shutdown()).await
+        }
+        Protocol::Http2 => {
+            let conn = builders.http2.serve_connection(io, service);
+            watch.drive(conn, |c| c.graceful_shutdown()).await
+        }
+    }
+}
 
-    let idle = builders.idle_timeout;
-    let mut draining = false;
-    let idle_check = tokio::time::sleep(idle);
-    tokio::pin!(idle_check);
-    // hyper's header timer only starts once the HTTP/1 parser runs; on plain TCP the
-    // version sniffing before it waits for bytes forever, so a client that connects and says
-    // nothing would hold a connection slot until the idle timeout.
-    let first_byte = tokio::time::sleep(builders.header_read_timeout);
-    tokio::pin!(first_byte);
-    let mut awaiting_first_byte = true;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
-            _ = shutdown.cancelled(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = first_byte.as_mut(), if awaiting_first_byte => {
-                awaiting_first_byte = false;
-                if !read_any.load(Ordering::Relaxed) {
-                    tracing::debug!("closing connection: nothing received within header_read_timeout");
+/// The timers around one connection: first byte, idle, and shutdown.
+struct Watch {
+    epoch: Instant,
+    last_activity: Arc<AtomicU64>,
+    read_any: Arc<AtomicBool>,
+    idle: Duration,
+    first_byte: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Watch {
+    async fn drive<C, E>(self, conn: C, graceful: impl Fn(Pin<&mut C>))
+    where
+        C: std::future::Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        tokio::pin!(conn);
+        let mut draining = false;
+        let idle_check = tokio::time::sleep(self.idle);
+        tokio::pin!(idle_check);
+        // hyper's header timer only starts once the HTTP/1 parser runs; on plain TCP the
+        // version sniffing before it waits for bytes forever, so a client that connects and
+        // says nothing would hold a connection slot until the idle timeout.
+        let first_byte = tokio::time::sleep(self.first_byte);
+        tokio::pin!(first_byte);
+        let mut awaiting_first_byte = true;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
                     return;
                 }
-            }
-            _ = idle_check.as_mut(), if !draining => {
-                let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-                let quiet_for = epoch.elapsed().saturating_sub(last);
-                if quiet_for >= idle {
-                    tracing::debug!("closing idle connection");
+                _ = self.shutdown.cancelled(), if !draining => {
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
-                } else {
-                    idle_check.as_mut().reset((Instant::now() + (idle - quiet_for)).into());
+                    graceful(conn.as_mut());
+                }
+                _ = first_byte.as_mut(), if awaiting_first_byte => {
+                    awaiting_first_byte = false;
+                    if !self.read_any.load(Ordering::Relaxed) {
+                        tracing::debug!("closing connection: nothing received within header_read_timeout");
+                        return;
+                    }
+                }
+                _ = idle_check.as_mut(), if !draining => {
+                    let last = Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
+                    let quiet_for = self.epoch.elapsed().saturating_sub(last);
+                    if quiet_for >= self.idle {
+                        tracing::debug!("closing idle connection");
+                        draining = true;
+                        graceful(conn.as_mut());
+                    } else {
+                        idle_check.as_mut().reset((Instant::now() + (self.idle - quiet_for)).into());
+                    }
                 }
             }
         }
