@@ -12,6 +12,7 @@
 //! 8. [`server`]   — wires it all together: start, reload, graceful drain.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod handler;

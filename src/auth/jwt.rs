@@ -1,0 +1,309 @@
+//! [`JwtPolicy`]: one `jwt_policies` entry at run time. `verify` runs the steps in the order
+//! that makes attacks cheap to refuse: find the token → size limit (before any decoding) →
+//! shape → cache → header (`crit`, `alg` in the policy's list) → key by `kid` and key type →
+//! signature → payload → claims. `apply` then rewrites the headers the upstream sees.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, HeaderName};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Algorithm;
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{Lookup, TokenCache, CAPACITY};
+use super::claims::ClaimRules;
+use super::jwks::Remote;
+use super::keys::{load_local, KeySet};
+use super::reasons::{BAD_SIGNATURE, EXPIRED, MALFORMED, TOO_LARGE, UNKNOWN_KID, WRONG_ALGORITHM};
+use super::{extract, token, Rejection, Verified};
+use crate::config::jwt_policy::{JwtKeySource, JwtPolicySettings};
+use crate::config::KeySource;
+
+const TOO_LARGE_TOKEN: Rejection = Rejection::new(TOO_LARGE, "token too large");
+
+/// Policies are shared across connection tasks.
+const _: fn() = || {
+    fn shared<T: Send + Sync + 'static>() {}
+    shared::<JwtPolicy>();
+};
+
+/// A verification policy, shared by every route that names it.
+pub struct JwtPolicy {
+    name: String,
+    algorithms: Vec<Algorithm>,
+    max_token_bytes: usize,
+    sources: Vec<KeySource>,
+    forward_claims: Vec<(String, HeaderName)>,
+    forward_token: bool,
+    rules: ClaimRules,
+    keys: ArcSwap<KeySet>,
+    remote: Option<Remote>,
+    cache: TokenCache,
+}
+
+impl fmt::Debug for JwtPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtPolicy")
+            .field("name", &self.name)
+            .field("algorithms", &self.algorithms)
+            .field("keys", &self.keys.load().keys.len())
+            .field("jwks_url", &self.remote.as_ref().map(|r| r.url.as_str()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seconds since the epoch, floored (PyJWT compares against the fractional time; for integer
+/// `exp`/`nbf`/`iat` and whole-second leeway the floor gives the same answers).
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl JwtPolicy {
+    /// Loads the keys (the first `jwks_url` fetch included). Errors are whole sentences that
+    /// name the policy and the key source.
+    pub async fn build(settings: &JwtPolicySettings) -> Result<Arc<JwtPolicy>, String> {
+        let path = format!("jwt_policies.{}", settings.name);
+        let mut algorithms = Vec::new();
+        for name in &settings.algorithms {
+            let alg = Algorithm::from_str(name)
+                .map_err(|_| format!("{path}.algorithms: unknown algorithm {name:?}"))?;
+            algorithms.push(alg);
+        }
+        let (keys, remote) = match &settings.key {
+            JwtKeySource::JwksUrl(url) => {
+                let remote = Remote::new(url, settings.jwks_refresh)
+                    .map_err(|e| format!("{path}.key.{e}"))?;
+                let keys = remote
+                    .fetch()
+                    .await
+                    .map_err(|e| format!("{path}.key.{e}"))?;
+                (KeySet::new(0, true, keys), Some(remote))
+            }
+            local => (
+                load_local(local).map_err(|e| format!("{path}.key: {e}"))?,
+                None,
+            ),
+        };
+        if !keys.serves_any(&algorithms) {
+            return Err(format!(
+                "{path}.algorithms: no key of this policy can verify {}",
+                settings.algorithms.join(", ")
+            ));
+        }
+        Ok(Arc::new(JwtPolicy {
+            name: settings.name.clone(),
+            algorithms,
+            max_token_bytes: usize::try_from(settings.max_token_bytes).unwrap_or(usize::MAX),
+            sources: settings.token_sources.clone(),
+            forward_claims: settings.forward_claims.clone(),
+            forward_token: settings.forward_token,
+            rules: ClaimRules::new(settings),
+            keys: ArcSwap::from_pointee(keys),
+            remote,
+            cache: TokenCache::new(CAPACITY),
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Finds the request's token and verifies it. Never blocks: an unknown `kid` on a
+    /// `jwks_url` policy wakes the refresher for an early refetch and is refused this time
+    /// (use [`JwtPolicy::verify_async`] to wait for that refetch instead).
+    pub fn verify(&self, headers: &HeaderMap) -> Result<Verified, Rejection> {
+        let result = self.verify_at(headers, now_secs());
+        if let Err(r) = &result {
+            if r.reason == UNKNOWN_KID {
+                if let Some(remote) = &self.remote {
+                    remote.wake.notify_one();
+                }
+            }
+            tracing::debug!(policy = %self.name, reason = r.reason, "jwt rejected: {}", r.description);
+        }
+        result
+    }
+
+    /// Like [`JwtPolicy::verify`], but an unknown `kid` on a `jwks_url` policy first waits for
+    /// the (rate-limited, shared) early refetch, so a key rotation costs no failed request.
+    pub async fn verify_async(&self, headers: &HeaderMap) -> Result<Verified, Rejection> {
+        match self.verify_at(headers, now_secs()) {
+            Err(r) if r.reason == UNKNOWN_KID && self.remote.is_some() => {
+                self.early_refetch().await;
+                self.verify(headers)
+            }
+            Err(r) => {
+                tracing::debug!(policy = %self.name, reason = r.reason, "jwt rejected: {}", r.description);
+                Err(r)
+            }
+            ok => ok,
+        }
+    }
+
+    /// The whole check at time `now` (seconds since the epoch).
+    pub(crate) fn verify_at(&self, headers: &HeaderMap, now: i64) -> Result<Verified, Rejection> {
+        let raw = extract::find_token(&self.sources, headers)?;
+        self.verify_token(raw, now)
+    }
+
+    pub(crate) fn verify_token(&self, raw: &str, now: i64) -> Result<Verified, Rejection> {
+        if raw.len() > self.max_token_bytes {
+            return Err(TOO_LARGE_TOKEN);
+        }
+        let segments = token::split(raw)?;
+        let keys = self.keys.load();
+        let cache_key = TokenCache::key(raw);
+        match self
+            .cache
+            .get(&cache_key, keys.generation, now, self.rules.leeway)
+        {
+            Lookup::Hit(claims) => return Ok(Verified { claims }),
+            Lookup::Expired => return Err(Rejection::new(EXPIRED, "token expired")),
+            Lookup::Miss => {}
+        }
+        let header = token::parse_header(segments.header)?;
+        let alg = Algorithm::from_str(&header.alg)
+            .ok()
+            .filter(|a| self.algorithms.contains(a))
+            .ok_or(Rejection::new(WRONG_ALGORITHM, "algorithm not allowed"))?;
+        let mut verified = false;
+        for entry in keys.candidates(alg, header.kid.as_deref())? {
+            let input = segments.signing_input.as_bytes();
+            match jsonwebtoken::crypto::verify(segments.signature, input, &entry.key, alg) {
+                Ok(true) => {
+                    verified = true;
+                    break;
+                }
+                Ok(false) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::Base64(_)) => {
+                    return Err(Rejection::new(
+                        MALFORMED,
+                        "token signature is not base64url",
+                    ));
+                }
+                Err(e) => tracing::warn!(policy = %self.name, "jwt key unusable: {e}"),
+            }
+        }
+        if !verified {
+            return Err(Rejection::new(BAD_SIGNATURE, "invalid signature"));
+        }
+        let claims = token::parse_payload(segments.payload)?;
+        let exp = self.rules.check(&claims, now)?;
+        let claims = Arc::new(claims);
+        self.cache
+            .insert(cache_key, claims.clone(), exp, keys.generation);
+        Ok(Verified { claims })
+    }
+
+    /// Sets the forwarded-claim headers (after removing every client copy) and, with
+    /// `forward_token: false`, removes the token from every configured source: the
+    /// `Authorization` (or other) header, and the token cookie from `Cookie` (other cookies
+    /// are kept).
+    pub fn apply(&self, verified: &Verified, headers: &mut HeaderMap) {
+        extract::set_forward_headers(&self.forward_claims, &verified.claims, headers);
+        if !self.forward_token {
+            extract::strip_token_sources(&self.sources, headers);
+        }
+    }
+
+    /// The headers this policy sets upstream from claims.
+    pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.forward_claims.iter().map(|(_, h)| h)
+    }
+
+    /// Background refresh of a `jwks_url` key set every `jwks_refresh`, plus early refetches
+    /// requested by [`JwtPolicy::verify`]. Ends with `shutdown`, or at its next wake-up after
+    /// the last other `Arc` of the policy is dropped (a reload replaced it). No-op for other
+    /// key sources.
+    pub fn spawn_refresh(self: &Arc<Self>, shutdown: CancellationToken) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let every = remote.refresh_every;
+        let weak: Weak<JwtPolicy> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let early = {
+                    let Some(policy) = weak.upgrade() else { break };
+                    let Some(remote) = &policy.remote else { break };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(every) => false,
+                        _ = remote.wake.notified() => true,
+                    }
+                };
+                let Some(policy) = weak.upgrade() else { break };
+                if early {
+                    policy.early_refetch().await;
+                } else {
+                    let Some(remote) = &policy.remote else { break };
+                    let _guard = remote.fetch_lock.lock().await;
+                    policy.refresh_now().await;
+                }
+            }
+        });
+    }
+
+    /// An early refetch if the rate limit allows one; otherwise waits for any fetch in flight.
+    async fn early_refetch(&self) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        let claimed = remote.claim_early_slot();
+        let _guard = remote.fetch_lock.lock().await;
+        if claimed {
+            self.refresh_now().await;
+        }
+    }
+
+    /// Fetches the key set and swaps it in if it changed; a failure keeps the current keys.
+    /// Callers hold `fetch_lock`.
+    async fn refresh_now(&self) {
+        let Some(remote) = &self.remote else {
+            return;
+        };
+        match remote.fetch().await {
+            Ok(keys) => {
+                let current = self.keys.load();
+                let next = KeySet::new(current.generation + 1, true, keys);
+                if next.same_keys(&current) {
+                    return;
+                }
+                if !next.serves_any(&self.algorithms) {
+                    remote.record_failure();
+                    tracing::warn!(policy = %self.name, url = %remote.url,
+                        "JWKS refresh has no key for the policy's algorithms; keeping the previous keys");
+                    return;
+                }
+                tracing::info!(policy = %self.name, url = %remote.url, keys = next.keys.len(), "JWKS keys changed");
+                self.keys.store(Arc::new(next));
+                self.cache.clear();
+            }
+            Err(e) => {
+                remote.record_failure();
+                tracing::warn!(policy = %self.name, "JWKS refresh failed, keeping the previous keys: {e}");
+            }
+        }
+    }
+
+    /// Failed JWKS fetches since start (0 for other key sources).
+    pub fn jwks_failures(&self) -> u64 {
+        self.remote.as_ref().map_or(0, Remote::failures)
+    }
+
+    /// JWKS fetch attempts since start, the first included (0 for other key sources).
+    pub fn jwks_fetches(&self) -> u64 {
+        self.remote.as_ref().map_or(0, Remote::fetches)
+    }
+
+    /// Verified tokens served from the cache so far.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache.hits()
+    }
+}

@@ -1,0 +1,150 @@
+//! `jwks_url` over a real local HTTP server: first fetch at build, rotation through an early
+//! refetch (rate-limited), periodic refresh, failed fetches keeping the last good keys.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::reasons::*;
+use super::test_support::*;
+use super::JwtPolicy;
+use crate::config::jwt_policy::{JwtKeySource, JwtPolicySettings};
+
+fn url_settings(url: &str, refresh: Duration) -> JwtPolicySettings {
+    let mut s = settings(&["RS256", "ES256"], JwtKeySource::JwksUrl(url.to_string()));
+    s.jwks_refresh = refresh;
+    s
+}
+
+/// A fresh (never cached) access token.
+fn fresh(key: &TestKey, kid: &str) -> http::HeaderMap {
+    let claims = json!({"token_type": "access", "exp": now() + 300, "jti": format!("{:x}", fastrand::u64(..))});
+    bearer(&key.sign(Some(kid), &claims))
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn rotation_without_rebuild() {
+    let (a, b) = (rsa(), new_rsa());
+    let server = JwksServer::start(jwks(&[a.jwk_with_kid("a")])).await;
+    let policy: Arc<JwtPolicy> =
+        JwtPolicy::build(&url_settings(&server.url, Duration::from_secs(300)))
+            .await
+            .unwrap();
+    assert_eq!(server.hits(), 1, "first fetch at build");
+    let token_a = fresh(a, "a");
+    assert!(policy.verify(&token_a).is_ok());
+
+    // The IdP rotates to key b; a token signed by b arrives.
+    server.set(200, jwks(&[b.jwk_with_kid("b")]));
+    let token_b = fresh(&b, "b");
+    assert_eq!(
+        policy.verify(&token_b).unwrap_err().reason,
+        UNKNOWN_KID,
+        "sync path never waits"
+    );
+    assert!(
+        policy.verify_async(&token_b).await.is_ok(),
+        "early refetch picked up key b"
+    );
+    assert_eq!(server.hits(), 2);
+    assert!(policy.verify(&token_b).is_ok());
+    // Key a is gone: its cached verification went with it.
+    assert_eq!(policy.verify(&token_a).unwrap_err().reason, UNKNOWN_KID);
+
+    // A second unknown kid within the rate-limit window does not refetch.
+    let c = ec256();
+    server.set(200, jwks(&[b.jwk_with_kid("b"), c.jwk_with_kid("c")]));
+    for _ in 0..5 {
+        assert_eq!(
+            policy
+                .verify_async(&fresh(c, "c"))
+                .await
+                .unwrap_err()
+                .reason,
+            UNKNOWN_KID
+        );
+    }
+    assert_eq!(server.hits(), 2, "early refetches are rate-limited");
+    assert_eq!(policy.jwks_failures(), 0);
+}
+
+#[tokio::test]
+async fn periodic_refresh_and_failed_fetches_keep_old_keys() {
+    let (a, c) = (rsa(), ec256());
+    let server = JwksServer::start(jwks(&[a.jwk_with_kid("a")])).await;
+    let policy = JwtPolicy::build(&url_settings(&server.url, Duration::from_millis(50)))
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    policy.spawn_refresh(shutdown.clone());
+
+    server.set(200, jwks(&[a.jwk_with_kid("a"), c.jwk_with_kid("c")]));
+    wait_for("periodic refresh", || policy.verify(&fresh(c, "c")).is_ok()).await;
+
+    for (status, body) in [
+        (500, "oops".to_string()),
+        (200, "{not json".to_string()),
+        (200, json!({"keys": []}).to_string()),
+        (
+            200,
+            jwks(&[json!({"kty": "oct", "k": "c2VjcmV0", "kid": "x"})]),
+        ),
+    ] {
+        let before = policy.jwks_failures();
+        server.set(status, body);
+        wait_for("a failed fetch", || policy.jwks_failures() > before).await;
+        assert!(
+            policy.verify(&fresh(a, "a")).is_ok(),
+            "old keys kept after status {status}"
+        );
+        assert!(policy.verify(&fresh(c, "c")).is_ok());
+    }
+
+    // Recovery: the next good fetch replaces the keys.
+    server.set(200, jwks(&[c.jwk_with_kid("c")]));
+    wait_for("recovery", || policy.verify(&fresh(a, "a")).is_err()).await;
+    assert!(policy.verify(&fresh(c, "c")).is_ok());
+
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hits = server.hits();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server.hits(),
+        hits,
+        "the refresher stopped with the shutdown token"
+    );
+}
+
+#[tokio::test]
+async fn first_fetch_failure_names_the_url() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    drop(listener);
+    let err = JwtPolicy::build(&url_settings(&url, Duration::from_secs(60)))
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains(&url) && err.contains("jwt_policies.test.key.jwks_url"),
+        "{err}"
+    );
+
+    let server = JwksServer::start("{}".into()).await;
+    server.set(404, String::new());
+    let err = JwtPolicy::build(&url_settings(&server.url, Duration::from_secs(60)))
+        .await
+        .unwrap_err();
+    assert!(err.contains(&server.url) && err.contains("404"), "{err}");
+}
