@@ -2,10 +2,11 @@
 //! ([`GatewayError::status`]) and a short JSON body ([`GatewayError::into_response`]).
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
+use crate::auth::Rejection;
 use crate::path::PathError;
 
 /// The body type every response of the gateway carries (upstream stream, error JSON, ...).
@@ -42,6 +43,10 @@ pub enum GatewayError {
     MethodNotAllowed(HeaderValue),
     #[error("host does not match the TLS server name")]
     Misdirected,
+    /// The route needs a JWT and the request has none or a bad one. Displays the reason
+    /// and a short description, never the token.
+    #[error("token rejected ({0})")]
+    Unauthorized(Rejection),
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
     #[error("error reading the request body: {0}")]
@@ -77,6 +82,7 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,6 +101,8 @@ impl GatewayError {
             Self::BadRequest(_) => "bad_request",
             Self::ClientBody(_) => "bad_body",
             Self::NotFound => "not_found",
+            // SPEC.md's body for every 401; the header tells "missing" apart.
+            Self::Unauthorized(_) => "invalid_token",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Misdirected => "misdirected_request",
             Self::BodyTooLarge(_) => "body_too_large",
@@ -137,14 +145,39 @@ impl GatewayError {
         *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Self::MethodNotAllowed(allow) = self {
-            headers.insert(ALLOW, allow);
+        match self {
+            Self::MethodNotAllowed(allow) => {
+                headers.insert(ALLOW, allow);
+            }
+            Self::Unauthorized(rejection) => {
+                headers.insert(WWW_AUTHENTICATE, bearer_challenge(&rejection));
+            }
+            _ => {}
         }
         if closes {
             headers.insert(CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
+}
+
+/// RFC 6750 §3: a request without a token gets a bare challenge; a bad token gets
+/// `error="invalid_token"` and a short description (SPEC.md's exact shapes).
+fn bearer_challenge(rejection: &Rejection) -> HeaderValue {
+    const MISSING: &str = "Bearer realm=\"gateway\"";
+    if rejection.is_missing() {
+        return HeaderValue::from_static(MISSING);
+    }
+    // Descriptions are fixed ASCII phrases; quotes and backslashes are kept out regardless.
+    let description: String = rejection
+        .description
+        .chars()
+        .map(|c| if c == '"' || c == '\\' { '\'' } else { c })
+        .collect();
+    HeaderValue::from_str(&format!(
+        "Bearer error=\"invalid_token\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\""))
 }
 
 #[cfg(test)]
@@ -162,6 +195,13 @@ mod tests {
             (GatewayError::BadFraming("te+cl"), 400),
             (GatewayError::ClientBody(err("reset")), 400),
             (GatewayError::NotFound, 404),
+            (
+                GatewayError::Unauthorized(Rejection {
+                    reason: "expired",
+                    description: "token expired",
+                }),
+                401,
+            ),
             (
                 GatewayError::MethodNotAllowed(HeaderValue::from_static("GET")),
                 405,
@@ -208,5 +248,32 @@ mod tests {
 
         let response = GatewayError::BadFraming("te+cl").into_response();
         assert_eq!(response.headers()[CONNECTION], "close");
+    }
+
+    #[tokio::test]
+    async fn unauthorized_carries_a_bearer_challenge() {
+        let missing = Rejection {
+            reason: crate::auth::reasons::MISSING,
+            description: "no token",
+        };
+        let response = GatewayError::Unauthorized(missing).into_response();
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="gateway""#
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"error":"invalid_token","status":401}"#);
+
+        let bad = Rejection {
+            reason: crate::auth::reasons::EXPIRED,
+            description: "token \"expired\"",
+        };
+        let response = GatewayError::Unauthorized(bad).into_response();
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            r#"Bearer error="invalid_token", error_description="token 'expired'""#
+        );
+        assert!(response.headers().get(CONNECTION).is_none());
     }
 }

@@ -4,19 +4,23 @@
 //! 2. HTTPS redirect    — a `redirect_https` listener answers every request with a 308.
 //! 3. path normalising  — once, so routing and the upstream see the same path (no `/%61pi` bypass).
 //! 4. routing           — host + path + method → route, or 404/405/421.
-//! 5. handler           — proxy (body limits and buffering happen there, before the upstream).
-//! 6. response          — `X-Request-Id` on every response, then the access log.
+//! 5. JWT               — a route with `jwt:` needs a valid token, else 401 before any upstream
+//!    work (the body is not read); on success the claim headers are set.
+//! 6. handler           — proxy (body limits and buffering happen there, before the upstream).
+//! 7. response          — `X-Request-Id` on every response, then the access log.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
 
+use crate::auth::JwtPolicy;
 use crate::config::{RouteHandler, Settings};
 use crate::error::{full_body, GatewayBody, GatewayError};
 use crate::observability::{AccessRecord, LoggedBody};
@@ -29,11 +33,27 @@ pub struct State {
     pub settings: Arc<Settings>,
     pub router: Router,
     pub upstreams: Vec<Upstream>,
+    /// One per `Settings::jwt_policies`, same order (routes refer to them by index).
+    pub jwt_policies: Vec<Arc<JwtPolicy>>,
+    /// Ends this state's background tasks (JWKS refreshers); a child of the gateway's
+    /// shutdown token, cancelled by [`State::retire`] or when the state is dropped.
+    tasks: CancellationToken,
 }
 
 impl State {
-    pub fn new(settings: Arc<Settings>) -> Self {
-        State {
+    /// Builds the runtime state: upstream pools, the router, and every JWT policy (keys
+    /// loaded, `jwks_url` fetched once; their refreshers start under a child of `shutdown`).
+    /// Errors name the failing `jwt_policies.NAME...`.
+    pub async fn build(
+        settings: Arc<Settings>,
+        shutdown: &CancellationToken,
+    ) -> Result<State, Vec<String>> {
+        let jwt_policies = crate::auth::build_all(&settings.jwt_policies).await?;
+        let tasks = shutdown.child_token();
+        for policy in &jwt_policies {
+            policy.spawn_refresh(tasks.clone());
+        }
+        Ok(State {
             router: Router::new(&settings.routes),
             upstreams: settings
                 .upstreams
@@ -41,8 +61,22 @@ impl State {
                 .cloned()
                 .map(Upstream::new)
                 .collect(),
+            jwt_policies,
+            tasks,
             settings,
-        }
+        })
+    }
+
+    /// Stops this state's background tasks: called when a reload swaps in a new state
+    /// (requests still running on this one finish normally).
+    pub fn retire(&self) {
+        self.tasks.cancel();
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        self.tasks.cancel();
     }
 }
 
@@ -143,6 +177,14 @@ async fn route_and_forward(
     labels.route.clone_from(&route.name);
 
     let path_and_query = forwarded_path_and_query(&path, req.uri().query())?;
+    let mut req = req;
+    if let Some(index) = route.jwt {
+        let policy = state
+            .jwt_policies
+            .get(index)
+            .ok_or_else(|| GatewayError::Internal(format!("route {} has no policy", route.name)))?;
+        authorize(policy, req.headers_mut()).await?;
+    }
     match route.handler {
         RouteHandler::Upstream(index) => {
             let upstream = &state.upstreams[index];
@@ -159,6 +201,54 @@ async fn route_and_forward(
             labels.server.push_str(forwarded.server);
             Ok(forwarded.response)
         }
+    }
+}
+
+/// Verifies the request's token; on success rewrites `headers` into what the upstream may
+/// see (claim headers set, client copies removed, the token stripped if so configured).
+async fn authorize(policy: &JwtPolicy, headers: &mut HeaderMap) -> Result<(), GatewayError> {
+    let verified = policy
+        .verify_async(headers)
+        .await
+        .map_err(GatewayError::Unauthorized)?;
+    policy.apply(&verified, headers);
+    unlist_from_connection(headers, policy.forwarded_headers());
+    Ok(())
+}
+
+/// Removes `names` from the request's `Connection` lists, so that the hop-by-hop removal in
+/// the proxy cannot be told (`Connection: X-User-Id`) to drop a header the gateway just set.
+fn unlist_from_connection<'a>(
+    headers: &mut HeaderMap,
+    names: impl Iterator<Item = &'a HeaderName>,
+) {
+    if !headers.contains_key(CONNECTION) {
+        return;
+    }
+    let names: Vec<&HeaderName> = names.collect();
+    let listed = |token: &str| {
+        names
+            .iter()
+            .any(|n| n.as_str().eq_ignore_ascii_case(token.trim()))
+    };
+    let values: Vec<HeaderValue> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| {
+            // A value that is not text names nothing the proxy could parse; keep it as it is.
+            let Ok(text) = v.to_str() else {
+                return Some(v.clone());
+            };
+            let kept: Vec<&str> = text.split(',').filter(|t| !listed(t)).collect();
+            let joined = kept.join(",");
+            (!joined.trim().is_empty())
+                .then(|| HeaderValue::from_str(&joined).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(CONNECTION);
+    for v in values {
+        headers.append(CONNECTION, v);
     }
 }
 
@@ -265,6 +355,25 @@ mod tests {
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:8443"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn connection_cannot_name_claim_headers() {
+        let mut h = HeaderMap::new();
+        h.append(
+            CONNECTION,
+            HeaderValue::from_static("X-User-Id, keep-alive"),
+        );
+        h.append(CONNECTION, HeaderValue::from_static(" x-user-id "));
+        h.append(CONNECTION, HeaderValue::from_static("upgrade"));
+        let user = HeaderName::from_static("x-user-id");
+        unlist_from_connection(&mut h, [&user].into_iter());
+        let left: Vec<&str> = h
+            .get_all(CONNECTION)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, [" keep-alive", "upgrade"]);
     }
 
     #[test]

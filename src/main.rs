@@ -36,10 +36,22 @@ enum Command {
     Check,
     /// Start the gateway with built-in demo upstreams (not available yet).
     Demo,
-    /// Mint a token for a configured JWT policy (not available yet).
+    /// Mint a token for a configured JWT policy; prints the token alone on stdout.
     Token {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        rest: Vec<String>,
+        /// The `jwt_policies` entry the token is for.
+        #[arg(long)]
+        policy: String,
+        /// A claim, NAME=VALUE (repeatable). A VALUE that parses as JSON (`42`, `true`,
+        /// `["a"]`) is used as such, anything else as a string. The policy's `claims`
+        /// (e.g. `token_type: access`) are added unless overridden.
+        #[arg(long = "claim", value_name = "NAME=VALUE")]
+        claim: Vec<String>,
+        /// Lifetime (`exp` = now + TTL), e.g. `30s`, `5m`, `1h`.
+        #[arg(long, default_value = "5m")]
+        ttl: String,
+        /// The private key (PEM) for a public-key policy (RS*/PS*/ES*/EdDSA).
+        #[arg(long)]
+        key: Option<PathBuf>,
     },
 }
 
@@ -55,7 +67,21 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo => unavailable("demo"),
-        Command::Token { .. } => unavailable("token"),
+        Command::Token {
+            policy,
+            claim,
+            ttl,
+            key,
+        } => match token(&cli.config, &policy, &claim, &ttl, key.as_deref()) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gateway: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -66,18 +92,80 @@ fn unavailable(what: &str) -> ExitCode {
 
 fn check(path: &std::path::Path) -> ExitCode {
     gateway::observability::init(&quiet_logging());
-    match config::load(path) {
-        Ok(_) => {
-            println!("ok");
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("{}: {e}", path.display());
+    let errors: Vec<String> = match config::load(path) {
+        // Keys are loaded (and each jwks_url fetched once) exactly as at start.
+        Ok(settings) => match check_policies(&settings) {
+            Ok(()) => {
+                println!("ok");
+                return ExitCode::SUCCESS;
             }
-            ExitCode::FAILURE
-        }
+            Err(errors) => errors,
+        },
+        Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+    };
+    for e in &errors {
+        eprintln!("{}: {e}", path.display());
     }
+    ExitCode::FAILURE
+}
+
+fn check_policies(settings: &config::Settings) -> Result<(), Vec<String>> {
+    if settings.jwt_policies.is_empty() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| vec![format!("starting a runtime to load JWT keys: {e}")])?;
+    runtime
+        .block_on(gateway::auth::build_all(&settings.jwt_policies))
+        .map(drop)
+}
+
+/// `gateway token`: mints a token for `policy` of the config at `path`.
+fn token(
+    path: &std::path::Path,
+    policy: &str,
+    claims: &[String],
+    ttl: &str,
+    key: Option<&std::path::Path>,
+) -> Result<String, String> {
+    let settings = config::load(path).map_err(|errors| {
+        let lines: Vec<String> = errors
+            .0
+            .iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect();
+        lines.join("\n")
+    })?;
+    let names: Vec<&str> = settings
+        .jwt_policies
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    let settings = settings
+        .jwt_policies
+        .iter()
+        .find(|p| p.name == policy)
+        .ok_or_else(|| match names.is_empty() {
+            true => format!(
+                "--policy {policy}: {} defines no jwt_policies",
+                path.display()
+            ),
+            false => format!(
+                "--policy {policy}: unknown policy (known: {})",
+                names.join(", ")
+            ),
+        })?;
+    let ttl = config::units::parse_duration(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    let claims = claims
+        .iter()
+        .map(|c| match c.split_once('=') {
+            Some((name, value)) => Ok((name.trim().to_string(), value.to_string())),
+            None => Err(format!("--claim {c:?}: expected NAME=VALUE")),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    gateway::auth::mint(settings, &claims, ttl, key)
 }
 
 fn quiet_logging() -> config::LoggingSettings {
@@ -99,20 +187,48 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     gateway::observability::init(&settings.logging);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if settings.server.worker_threads > 0 {
-        runtime.worker_threads(settings.server.worker_threads);
-    }
-    let runtime = runtime
+    let workers = match settings.server.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    // Thread per core, as nginx runs a worker process per core: each worker is a
+    // single-threaded runtime with its own accept loops, so a connection and everything it
+    // does stays on one thread, with no work-stealing synchronisation on every wake-up.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(serve(path.to_owned(), settings))
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut handles = vec![runtime.handle().clone()];
+    let mut threads = Vec::new();
+    for index in 1..workers {
+        let worker = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a worker runtime")?;
+        handles.push(worker.handle().clone());
+        let stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("gateway-worker-{index}"))
+            .spawn(move || worker.block_on(stop.cancelled()))
+            .context("starting a worker thread")?;
+        threads.push(thread);
+    }
+    let result = runtime.block_on(serve(path.to_owned(), settings, &handles));
+    stop.cancel();
+    for thread in threads {
+        let _ = thread.join();
+    }
+    result
 }
 
-async fn serve(path: PathBuf, settings: config::Settings) -> anyhow::Result<ExitCode> {
+async fn serve(
+    path: PathBuf,
+    settings: config::Settings,
+    workers: &[tokio::runtime::Handle],
+) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{signal, SignalKind};
-    let gateway = Gateway::start(settings).await?;
+    let gateway = Gateway::start_on(settings, workers).await?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
@@ -121,7 +237,7 @@ async fn serve(path: PathBuf, settings: config::Settings) -> anyhow::Result<Exit
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&gateway, &path),
+            _ = hup.recv() => reload(&gateway, &path).await,
         }
     }
     tracing::info!("shutting down: no new connections, draining in-flight requests");
@@ -134,14 +250,18 @@ async fn serve(path: PathBuf, settings: config::Settings) -> anyhow::Result<Exit
     Ok(ExitCode::SUCCESS)
 }
 
-fn reload(gateway: &Gateway, path: &std::path::Path) {
+async fn reload(gateway: &Gateway, path: &std::path::Path) {
     match config::load(path) {
-        Ok(settings) => {
-            gateway.reload(settings);
-            tracing::info!(
-                "configuration reloaded (routes and upstreams; listener changes need a restart)"
-            );
-        }
+        Ok(settings) => match gateway.reload(settings).await {
+            Ok(()) => tracing::info!(
+                "configuration reloaded (routes, upstreams and JWT policies; listener changes need a restart)"
+            ),
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                }
+            }
+        },
         Err(errors) => {
             for e in &errors.0 {
                 tracing::error!(error = %e, "reload failed; keeping the running configuration");

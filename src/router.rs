@@ -246,6 +246,7 @@ mod tests {
                 methods: methods.map(<[Method]>::to_vec),
             },
             handler: RouteHandler::Upstream(0),
+            jwt: None,
             max_body_bytes: 1024,
         }
     }

@@ -25,6 +25,9 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// JWT policies that could not be built (keys unreadable, first JWKS fetch failed).
+    #[error("{}", .0.join("; "))]
+    Policies(Vec<String>),
     #[error("listeners[{index}] ({name}): TLS configuration: {source}")]
     Tls {
         index: usize,
@@ -43,11 +46,24 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds every listener and starts accepting. Must run inside a tokio runtime.
+    /// Binds every listener and starts accepting on the current tokio runtime.
     pub async fn start(settings: Settings) -> Result<Gateway, StartError> {
+        Self::start_on(settings, &[tokio::runtime::Handle::current()]).await
+    }
+
+    /// Binds every listener once and runs one accept loop per listener on each of `workers`
+    /// (the binary gives one single-threaded runtime per core, as nginx runs one worker
+    /// process per core); connections stay on the worker that accepted them.
+    pub async fn start_on(
+        settings: Settings,
+        workers: &[tokio::runtime::Handle],
+    ) -> Result<Gateway, StartError> {
         let settings = Arc::new(settings);
-        let state = Arc::new(ArcSwap::from_pointee(State::new(settings.clone())));
         let shutdown = CancellationToken::new();
+        let state = State::build(settings.clone(), &shutdown)
+            .await
+            .map_err(StartError::Policies)?;
+        let state = Arc::new(ArcSwap::from_pointee(state));
         let tracker = TaskTracker::new();
         let connections = Arc::new(Semaphore::new(settings.server.max_connections.max(1)));
         let builders = Arc::new(Builders::new(&settings.server));
@@ -80,22 +96,33 @@ impl Gateway {
             .map(|a| a.port());
 
         let mut listeners = Vec::new();
-        for (l, tcp, tls) in bound {
+        for (index, (l, tcp, tls)) in bound.into_iter().enumerate() {
             let addr = tcp.local_addr().unwrap_or(l.bind);
             tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "listening");
             listeners.push((l.name.clone(), addr));
-            let acceptor = Acceptor {
-                name: Arc::from(l.name.as_str()),
-                tcp,
-                tls,
-                redirect_https: l.redirect_https.and(https_port).or(l.redirect_https),
-                builders: builders.clone(),
-                state: state.clone(),
-                connections: connections.clone(),
-                shutdown: shutdown.clone(),
-                tracker: tracker.clone(),
-            };
-            tracker.spawn(acceptor.run());
+            let name: Arc<str> = Arc::from(l.name.as_str());
+            for worker in workers {
+                // Each accept loop owns a duplicate of the socket; the kernel closes the
+                // listening socket once the last loop drops its copy.
+                let tcp = tcp.try_clone().map_err(|source| StartError::Bind {
+                    index,
+                    name: l.name.clone(),
+                    addr,
+                    source,
+                })?;
+                let acceptor = Acceptor {
+                    name: name.clone(),
+                    tcp: Some(tcp),
+                    tls: tls.clone(),
+                    redirect_https: l.redirect_https.and(https_port).or(l.redirect_https),
+                    builders: builders.clone(),
+                    state: state.clone(),
+                    connections: connections.clone(),
+                    shutdown: shutdown.clone(),
+                    tracker: tracker.clone(),
+                };
+                tracker.spawn_on(acceptor.run(), worker);
+            }
         }
         Ok(Gateway {
             state,
@@ -119,13 +146,22 @@ impl Gateway {
     }
 
     /// Swaps in a new configuration for routes, upstreams and policies. In-flight requests
-    /// finish on the state they started with.
-    pub fn reload(&self, settings: Settings) {
-        self.state.store(Arc::new(State::new(Arc::new(settings))));
+    /// finish on the state they started with. When the new JWT policies cannot be built the
+    /// running state is kept and the errors (naming `jwt_policies.NAME...`) are returned.
+    pub async fn reload(&self, settings: Settings) -> Result<(), Vec<String>> {
+        let state = State::build(Arc::new(settings), &self.shutdown).await?;
+        let old = self.state.swap(Arc::new(state));
+        old.retire();
+        Ok(())
     }
 
     pub fn settings(&self) -> Arc<Settings> {
         self.state.load().settings.clone()
+    }
+
+    /// The running state (routes, upstreams, JWT policies and their counters).
+    pub fn state(&self) -> Arc<State> {
+        self.state.load_full()
     }
 
     /// Stops accepting (listeners close at once) and starts draining connections.

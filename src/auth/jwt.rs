@@ -19,7 +19,7 @@ use super::claims::ClaimRules;
 use super::jwks::Remote;
 use super::keys::{load_local, KeySet};
 use super::reasons::{BAD_SIGNATURE, EXPIRED, MALFORMED, TOO_LARGE, UNKNOWN_KID, WRONG_ALGORITHM};
-use super::{extract, token, Rejection, Verified};
+use super::{extract, token, Rejection, RejectionCounts, Verified};
 use crate::config::jwt_policy::{JwtKeySource, JwtPolicySettings};
 use crate::config::KeySource;
 
@@ -43,6 +43,7 @@ pub struct JwtPolicy {
     keys: ArcSwap<KeySet>,
     remote: Option<Remote>,
     cache: TokenCache,
+    rejections: RejectionCounts,
 }
 
 impl fmt::Debug for JwtPolicy {
@@ -107,6 +108,7 @@ impl JwtPolicy {
             keys: ArcSwap::from_pointee(keys),
             remote,
             cache: TokenCache::new(CAPACITY),
+            rejections: RejectionCounts::default(),
         }))
     }
 
@@ -125,9 +127,20 @@ impl JwtPolicy {
                     remote.wake.notify_one();
                 }
             }
-            tracing::debug!(policy = %self.name, reason = r.reason, "jwt rejected: {}", r.description);
+            self.rejected(r);
         }
         result
+    }
+
+    /// Logs (without the token) and counts a final rejection.
+    fn rejected(&self, r: &Rejection) {
+        self.rejections.record(r.reason);
+        tracing::debug!(policy = %self.name, reason = r.reason, "jwt rejected: {}", r.description);
+    }
+
+    /// Requests this policy refused so far, by reason.
+    pub fn rejections(&self) -> &RejectionCounts {
+        &self.rejections
     }
 
     /// Like [`JwtPolicy::verify`], but an unknown `kid` on a `jwks_url` policy first waits for
@@ -139,7 +152,7 @@ impl JwtPolicy {
                 self.verify(headers)
             }
             Err(r) => {
-                tracing::debug!(policy = %self.name, reason = r.reason, "jwt rejected: {}", r.description);
+                self.rejected(&r);
                 Err(r)
             }
             ok => ok,

@@ -10,7 +10,9 @@
 //! 5. [`claims`]  — `exp`/`nbf`/`iat`/`iss`/`aud`/required/exact claims, as simplejwt does.
 //! 6. [`jwt`]     — [`JwtPolicy`] ties them together; `apply` rewrites the upstream headers.
 //!
-//! [`mint`] signs tokens for `gateway token`.
+//! [`mint`] signs tokens for `gateway token`; [`build_all`] builds every configured policy
+//! (the gateway's start and reload, and `gateway check`). Each policy counts its rejections
+//! by reason ([`RejectionCounts`]).
 //!
 //! We never use `jsonwebtoken::Validation`/`decode`: its defaults (60 s leeway, `exp < now -
 //! leeway`, `aud` checked whenever present, `nbf` skipped, `crit` ignored) are not ours, so the
@@ -23,6 +25,7 @@ mod jwks;
 mod jwt;
 mod keys;
 mod mint;
+mod stats;
 mod token;
 
 #[cfg(test)]
@@ -39,6 +42,28 @@ use std::sync::Arc;
 
 pub use jwt::JwtPolicy;
 pub use mint::mint;
+pub use stats::RejectionCounts;
+
+/// Builds every policy, in order (one per `Settings::jwt_policies` entry; `jwks_url` policies
+/// fetch concurrently). Errors name `jwt_policies.NAME...`; all of them are reported.
+pub async fn build_all(
+    settings: &[crate::config::JwtPolicySettings],
+) -> Result<Vec<Arc<JwtPolicy>>, Vec<String>> {
+    let results = futures_util::future::join_all(settings.iter().map(JwtPolicy::build)).await;
+    let mut policies = Vec::with_capacity(results.len());
+    let mut errors = Vec::new();
+    for result in results {
+        match result {
+            Ok(p) => policies.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(errors)
+    }
+}
 
 /// A successfully verified token: its claims, shared with the cache.
 #[derive(Debug, Clone)]

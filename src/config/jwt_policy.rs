@@ -1,5 +1,6 @@
-//! `jwt_policies:` — fully parsed and type-checked into [`JwtPolicySettings`]; verification
-//! itself is not built yet, so routes that use a policy are refused in `routes`.
+//! `jwt_policies:` — fully parsed and type-checked into [`JwtPolicySettings`]. Keys are only
+//! checked for existence here; loading them (and the first `jwks_url` fetch) happens when
+//! [`crate::auth::JwtPolicy::build`] turns the settings into a runtime policy.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,18 +57,16 @@ pub struct JwtPolicySettings {
     pub max_token_bytes: u64,
 }
 
-/// Validates every policy (used or not); returns the names of all declared policies.
+/// Validates every policy (used or not). Without errors, the result has one entry per
+/// declared policy, in YAML order (so a route's policy index is its position in `raw`).
 pub(crate) fn jwt_policies(
     raw: &[(String, Option<RawJwtPolicy>)],
     base_dir: &Path,
     errs: &mut Errors<'_>,
-) -> Vec<String> {
-    for (name, policy) in raw {
-        if let Some(p) = policy {
-            jwt_policy(name, p, base_dir, errs);
-        }
-    }
-    raw.iter().map(|(n, _)| n.clone()).collect()
+) -> Vec<JwtPolicySettings> {
+    raw.iter()
+        .filter_map(|(name, policy)| jwt_policy(name, policy.as_ref()?, base_dir, errs))
+        .collect()
 }
 
 pub(crate) fn jwt_policy(

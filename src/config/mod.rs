@@ -24,6 +24,7 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors};
+pub use jwt_policy::{JwtKeySource, JwtPolicySettings};
 pub use settings::*;
 
 /// Reads and validates the config file; relative paths in it resolve against its folder.

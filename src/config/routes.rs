@@ -1,6 +1,6 @@
 //! Route validation: match (path prefix, host, methods), exactly one handler, references to
-//! upstreams and JWT policies, unique names. Features whose runtime is not built yet (JWT,
-//! static files, rate limits) fail closed here: they are type-checked, then refused.
+//! upstreams and JWT policies, unique names. Features whose runtime is not built yet (static
+//! files, rate limits) fail closed here: they are type-checked, then refused.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -42,11 +42,13 @@ pub(crate) fn validate(
         }
         let matcher = matcher(r.matcher.as_ref(), &format!("{path}.match"), errs);
         let handler = handler(r, &path, ctx, errs);
-        if let (Some(matcher), Some(handler)) = (matcher, handler) {
+        let jwt = jwt_policy(r.jwt.as_deref(), &format!("{path}.jwt"), ctx, errs);
+        if let (Some(matcher), Some(handler), Ok(jwt)) = (matcher, handler, jwt) {
             out.push(RouteSettings {
                 name,
                 matcher,
                 handler,
+                jwt,
                 max_body_bytes: r.max_body_bytes.map_or(ctx.default_max_body, |s| s.0),
             });
         }
@@ -121,6 +123,29 @@ fn check_prefix(p: &str) -> Result<(), String> {
         return Err(format!("{p:?} must not contain . or .. segments"));
     }
     Ok(())
+}
+
+/// `jwt: NAME` → the policy's index (`Ok(None)` without `jwt:`); `Err` after recording an
+/// unknown name.
+fn jwt_policy(
+    name: Option<&str>,
+    path: &str,
+    ctx: &RouteContext<'_>,
+    errs: &mut Errors<'_>,
+) -> Result<Option<usize>, ()> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    if let Some(index) = ctx.policy_names.iter().position(|n| n == name) {
+        return Ok(Some(index));
+    }
+    let known = if ctx.policy_names.is_empty() {
+        "no jwt_policies are defined".to_string()
+    } else {
+        format!("known: {}", ctx.policy_names.join(", "))
+    };
+    errs.add(path, format!("unknown jwt policy {name:?} ({known})"));
+    Err(())
 }
 
 /// `example.com` → exact; `*.example.com` → any subdomain. Lower-cased; no port.
@@ -199,19 +224,6 @@ fn handler(
         let p = format!("{path}.static");
         features::static_files(s, &p, ctx.base_dir, errs);
         errs.add(p, "static file serving is not available in this build yet");
-    }
-    if let Some(policy) = &r.jwt {
-        let p = format!("{path}.jwt");
-        if ctx.policy_names.iter().any(|n| n == policy) {
-            errs.add(p, "JWT verification is not available in this build yet");
-        } else {
-            let known = if ctx.policy_names.is_empty() {
-                "no jwt_policies are defined".to_string()
-            } else {
-                format!("known: {}", ctx.policy_names.join(", "))
-            };
-            errs.add(p, format!("unknown jwt policy {policy:?} ({known})"));
-        }
     }
     if let Some(rl) = &r.rate_limit {
         let p = format!("{path}.rate_limit");
@@ -372,20 +384,14 @@ mod tests {
         let errs = errors_in(dir.path(), &yaml);
         assert_eq!(
             paths(&errs),
-            [
-                "routes[0].jwt",
-                "routes[0].rate_limit",
-                "routes[1].static",
-                "routes[2].jwt"
-            ]
+            ["routes[0].rate_limit", "routes[1].static", "routes[2].jwt"]
         );
         assert!(errs[0].message.contains("not available in this build yet"));
         assert!(errs[1].message.contains("not available in this build yet"));
-        assert!(errs[2].message.contains("not available in this build yet"));
         assert_eq!(
-            errs[3].message,
+            errs[2].message,
             "unknown jwt policy \"djnago\" (known: django)"
         );
-        assert_eq!(errs[0].line, Some(13));
+        assert_eq!(errs[2].line, Some(19));
     }
 }

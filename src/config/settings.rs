@@ -20,6 +20,8 @@ pub struct Settings {
     pub listeners: Vec<ListenerSettings>,
     /// In YAML order; routes refer to them by index.
     pub upstreams: Vec<UpstreamSettings>,
+    /// In YAML order; routes refer to them by index.
+    pub jwt_policies: Vec<super::jwt_policy::JwtPolicySettings>,
     /// In YAML order: first match wins.
     pub routes: Vec<RouteSettings>,
     pub admin: Option<AdminSettings>,
@@ -153,6 +155,8 @@ pub struct RouteSettings {
     pub name: String,
     pub matcher: RouteMatch,
     pub handler: RouteHandler,
+    /// Index into `Settings::jwt_policies`: requests need a valid token of that policy.
+    pub jwt: Option<usize>,
     /// Route-level `max_body_bytes`, else the server's.
     pub max_body_bytes: u64,
 }

@@ -1,10 +1,10 @@
 //! Whole-file tests: the SPEC.md example, the shipped gateway.yaml, reporting every error at
-//! once, and loading from disk.
+//! once, loading from disk, and routes referring to JWT policies.
 
 use std::path::{Path, PathBuf};
 
 use super::certs::tests::write_pair;
-use super::test_support::{errors_of, load_in};
+use super::test_support::{errors_of, load_in, ok, LISTENER, UPSTREAM};
 use super::{load, load_str, RouteHandler, TlsVersion};
 
 /// The example from SPEC.md, verbatim except for the certificate paths (`{cert}`, `{key}`).
@@ -109,7 +109,7 @@ fn spec_example_fails_only_on_unfinished_features() {
     std::fs::create_dir(dir.path().join("static")).unwrap();
     let yaml = SPEC_EXAMPLE.replace("{cert}", &cert).replace("{key}", &key);
     let errs = match load_in(dir.path(), &yaml) {
-        Ok(_) => panic!("the example uses jwt/static/rate_limit, which must fail closed"),
+        Ok(_) => panic!("the example uses static/rate_limit, which must fail closed"),
         Err(e) => e.0,
     };
     let got: Vec<(&str, Option<usize>)> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
@@ -117,7 +117,6 @@ fn spec_example_fails_only_on_unfinished_features() {
         got,
         [
             ("routes[0].static", Some(66)),
-            ("routes[2].jwt", Some(77)),
             ("routes[2].rate_limit", Some(80)),
         ],
         "{errs:#?}"
@@ -126,11 +125,11 @@ fn spec_example_fails_only_on_unfinished_features() {
         .iter()
         .all(|e| e.message.ends_with("is not available in this build yet")));
 
-    // With the unfinished features taken out, the rest of the example is valid.
+    // With the unfinished features taken out, the rest of the example (JWT included) is valid.
     let trimmed: String = yaml
         .lines()
         .enumerate()
-        .filter(|(i, _)| !(64..=73).contains(&(i + 1)) && ![77, 80].contains(&(i + 1)))
+        .filter(|(i, _)| !(64..=73).contains(&(i + 1)) && i + 1 != 80)
         .map(|(_, l)| format!("{l}\n"))
         .collect();
     let s = load_in(dir.path(), &trimmed).unwrap_or_else(|e| panic!("{e}"));
@@ -142,6 +141,8 @@ fn spec_example_fails_only_on_unfinished_features() {
     assert_eq!(s.upstreams[0].servers[1].weight, 2);
     assert_eq!(s.routes.len(), 4);
     assert_eq!(s.routes[1].max_body_bytes, 1 << 20);
+    assert_eq!(s.routes[1].jwt, Some(0));
+    assert_eq!(s.jwt_policies[0].name, "django");
     assert_eq!(s.admin.unwrap().bind.port(), 9901);
 }
 
@@ -223,4 +224,29 @@ fn load_reads_files_and_resolves_against_their_folder() {
         err.to_string().starts_with("cannot read config file"),
         "{err}"
     );
+}
+
+#[test]
+fn routes_refer_to_policies_by_index() {
+    let s = ok(&format!(
+        "jwt_policies:
+  first:
+    algorithms: [HS256]
+    key: {{ secret: one }}
+  django:
+    algorithms: [HS384]
+    key: {{ secret: two }}
+{LISTENER}{UPSTREAM}routes:
+  - match: {{ path_prefix: /api/ }}
+    upstream: app
+    jwt: django
+  - match: {{ path_prefix: / }}
+    upstream: app
+"
+    ));
+    assert_eq!(s.jwt_policies.len(), 2);
+    assert_eq!(s.jwt_policies[1].name, "django");
+    assert_eq!(s.jwt_policies[1].algorithms, ["HS384"]);
+    assert_eq!(s.routes[0].jwt, Some(1));
+    assert_eq!(s.routes[1].jwt, None);
 }

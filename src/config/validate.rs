@@ -1,6 +1,6 @@
 //! [`RawConfig`] → [`Settings`]: apply defaults, check every rule, and collect every error
 //! (never stop at the first). Sections live in sibling files: `listeners`, `upstreams`,
-//! `routes`, `features` (JWT / static / rate limits, type-checked but not yet enabled).
+//! `jwt_policy`, `routes`, `features` (static files / rate limits: type-checked, not yet enabled).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,10 +36,10 @@ pub(crate) fn validate(
         Some(AdminSettings { bind })
     });
     let upstreams = upstreams::validate(&raw.upstreams, errs);
-    let policy_names = jwt_policy::jwt_policies(&raw.jwt_policies, base_dir, errs);
+    let jwt_policies = jwt_policy::jwt_policies(&raw.jwt_policies, base_dir, errs);
     let ctx = routes::RouteContext {
         upstream_names: raw.upstreams.iter().map(|(n, _)| n.as_str()).collect(),
-        policy_names,
+        policy_names: raw.jwt_policies.iter().map(|(n, _)| n.clone()).collect(),
         default_max_body: server.max_body_bytes,
         base_dir,
     };
@@ -54,6 +54,7 @@ pub(crate) fn validate(
         server,
         listeners,
         upstreams: upstreams.into_iter().flatten().collect(),
+        jwt_policies,
         routes,
         admin,
         logging,

@@ -18,21 +18,23 @@ use tokio_util::task::TaskTracker;
 use crate::handler::{ConnInfo, State};
 use conn::{Builders, Protocol};
 
-/// Binds a listening socket with `SO_REUSEADDR` and a generous backlog.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// Binds a listening socket with `SO_REUSEADDR` and a generous backlog. The std socket can
+/// be cloned for every worker thread's accept loop (they share one accept queue).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     let domain = socket2::Domain::for_address(addr);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
-/// Everything an accept loop needs; one per listener.
+/// Everything an accept loop needs; one per listener and worker thread.
 pub struct Acceptor {
     pub name: Arc<str>,
-    pub tcp: TcpListener,
+    /// Registered with the runtime the accept loop runs on when it starts.
+    pub tcp: Option<std::net::TcpListener>,
     pub tls: Option<TlsAcceptor>,
     pub redirect_https: Option<u16>,
     pub builders: Arc<Builders>,
@@ -45,7 +47,16 @@ pub struct Acceptor {
 
 impl Acceptor {
     /// Accepts until shutdown; then the socket is closed so new connections are refused.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
+        let registered = self.tcp.take().map(TcpListener::from_std);
+        let tcp = match registered {
+            Some(Ok(tcp)) => tcp,
+            Some(Err(e)) => {
+                tracing::error!(listener = %self.name, error = %e, "cannot register listener");
+                return;
+            }
+            None => return,
+        };
         loop {
             let permit = tokio::select! {
                 permit = self.connections.clone().acquire_owned() => match permit {
@@ -55,7 +66,7 @@ impl Acceptor {
                 _ = self.shutdown.cancelled() => break,
             };
             let accepted = tokio::select! {
-                accepted = self.tcp.accept() => accepted,
+                accepted = tcp.accept() => accepted,
                 _ = self.shutdown.cancelled() => break,
             };
             let (stream, peer) = match accepted {

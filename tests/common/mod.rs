@@ -279,7 +279,7 @@ pub fn status_of(raw: &str) -> u16 {
 }
 
 /// A minimal YAML for one plain listener `http` and one upstream `app` serving every path.
-pub fn simple_yaml(upstream: SocketAddr, extra_upstream: &str, extra_server: &str) -> String {
+pub fn simple_yaml(upstream: SocketAddr, extraserver: &str, extra_server: &str) -> String {
     format!(
         r#"
 server:
@@ -293,7 +293,7 @@ upstreams:
     servers: ["{upstream}"]
     connect_timeout: 1s
     response_timeout: 5s
-{extra_upstream}
+{extraserver}
 routes:
   - match: {{ path_prefix: / }}
     upstream: app
@@ -302,3 +302,7 @@ logging:
 "#
     )
 }
+
+mod jwt;
+#[allow(unused_imports)] // not every test binary uses the JWT helpers
+pub use jwt::*;
