@@ -6,7 +6,9 @@
 //! 4. routing           — host + path + method → route, or 404/405/421.
 //! 5. JWT               — a route with `jwt:` needs a valid token, else 401 before any upstream
 //!    work (the body is not read); on success the claim headers are set.
-//! 6. handler           — proxy (body limits and buffering happen there, before the upstream).
+//! 6. handler           — static files (from memory or disk; a miss is 404/405, or goes on to the
+//!    route's upstream with `fallback: upstream`), else proxy (body limits and buffering happen
+//!    there, before the upstream).
 //! 7. response          — `X-Request-Id` on every response, then the access log.
 
 use std::convert::Infallible;
@@ -27,6 +29,7 @@ use crate::observability::{AccessRecord, LoggedBody};
 use crate::proxy::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::proxy::Upstream;
 use crate::router::{RouteDecision, Router};
+use crate::static_files::StaticSite;
 
 /// Everything a request needs from the current configuration; swapped whole on reload.
 pub struct State {
@@ -35,6 +38,9 @@ pub struct State {
     pub upstreams: Vec<Upstream>,
     /// One per `Settings::jwt_policies`, same order (routes refer to them by index).
     pub jwt_policies: Vec<Arc<JwtPolicy>>,
+    /// One per `Settings::routes`, same order: `Some` for `static:` routes (each with its
+    /// own file cache, fresh on every reload).
+    pub static_sites: Vec<Option<StaticSite>>,
     /// Ends this state's background tasks (JWKS refreshers); a child of the gateway's
     /// shutdown token, cancelled by [`State::retire`] or when the state is dropped.
     tasks: CancellationToken,
@@ -62,6 +68,16 @@ impl State {
                 .map(Upstream::new)
                 .collect(),
             jwt_policies,
+            static_sites: settings
+                .routes
+                .iter()
+                .map(|route| match &route.handler {
+                    RouteHandler::Static { files, .. } => {
+                        Some(StaticSite::new(files, &route.matcher.path_prefix))
+                    }
+                    RouteHandler::Upstream(_) => None,
+                })
+                .collect(),
             tasks,
             settings,
         })
@@ -162,12 +178,12 @@ async fn route_and_forward(
     let path = crate::path::normalize(req.uri().path()).map_err(GatewayError::BadPath)?;
     let host = request_host(&req);
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
-    let route =
+    let (route_index, route) =
         match state
             .router
             .route(host_str, conn.tls, conn.sni.as_deref(), &path, req.method())
         {
-            RouteDecision::Matched(index) => &state.settings.routes[index],
+            RouteDecision::Matched(index) => (index, &state.settings.routes[index]),
             RouteDecision::NotFound => return Err(GatewayError::NotFound),
             RouteDecision::MethodNotAllowed { allow } => {
                 return Err(GatewayError::MethodNotAllowed(allow))
@@ -185,8 +201,34 @@ async fn route_and_forward(
             .ok_or_else(|| GatewayError::Internal(format!("route {} has no policy", route.name)))?;
         authorize(policy, req.headers_mut()).await?;
     }
-    match route.handler {
-        RouteHandler::Upstream(index) => {
+    let upstream_index = match &route.handler {
+        RouteHandler::Upstream(index) => Some(*index),
+        RouteHandler::Static { upstream, .. } => {
+            let site = state
+                .static_sites
+                .get(route_index)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| {
+                    GatewayError::Internal(format!("route {} has no site", route.name))
+                })?;
+            let (parts, body) = req.into_parts();
+            // The normalised path (`path` borrows from the request taken apart here).
+            match site.serve(&parts, path_and_query.path()).await {
+                Ok(response) => return Ok(response),
+                Err(_) if site.fallback_upstream() && upstream.is_some() => {
+                    req = Request::from_parts(parts, body);
+                    *upstream
+                }
+                Err(miss) => return Err(miss.into()),
+            }
+        }
+    };
+    match upstream_index {
+        None => Err(GatewayError::Internal(format!(
+            "route {} has no upstream",
+            route.name
+        ))),
+        Some(index) => {
             let upstream = &state.upstreams[index];
             let fwd = Forwarding {
                 peer: conn.peer.ip(),

@@ -7,9 +7,10 @@
 //! 3. [`handler`]  — the per-request pipeline: framing checks, path normalisation, routing, limits.
 //! 4. [`path`] and [`router`] — normalise the path once, then host + path + method → route.
 //! 5. [`proxy`]    — forward to an upstream: header rules, body buffering, retries, pooled client.
-//! 6. [`error`]    — the one place a failure becomes an HTTP status.
-//! 7. [`observability`] — tracing subscriber and the access log.
-//! 8. [`server`]   — wires it all together: start, reload, graceful drain.
+//! 6. [`static_files`] — `static:` routes: safe path → file, negotiation, ranges, file cache.
+//! 7. [`error`]    — the one place a failure becomes an HTTP status.
+//! 8. [`observability`] — tracing subscriber and the access log.
+//! 9. [`server`]   — wires it all together: start, reload, graceful drain.
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -22,3 +23,4 @@ pub mod path;
 pub mod proxy;
 pub mod router;
 pub mod server;
+pub mod static_files;

@@ -1,6 +1,5 @@
-//! Route blocks whose runtime is not built yet — `static:` and `rate_limit:` — parsed and
-//! type-checked into typed values, so a later change only has to wire them into `Settings`
-//! and drop the "not available" errors in `routes`.
+//! Route blocks validated into typed values: `static:` (served by [`crate::static_files`])
+//! and `rate_limit:` (runtime not built yet: `routes` still refuses it).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

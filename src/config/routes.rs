@@ -1,6 +1,6 @@
 //! Route validation: match (path prefix, host, methods), exactly one handler, references to
-//! upstreams and JWT policies, unique names. Features whose runtime is not built yet (static
-//! files, rate limits) fail closed here: they are type-checked, then refused.
+//! upstreams and JWT policies, unique names. Features whose runtime is not built yet (rate
+//! limits) fail closed here: they are type-checked, then refused.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -220,11 +220,10 @@ fn handler(
         ),
         _ => {}
     }
-    if let Some(s) = &r.static_files {
-        let p = format!("{path}.static");
-        features::static_files(s, &p, ctx.base_dir, errs);
-        errs.add(p, "static file serving is not available in this build yet");
-    }
+    let static_files = r
+        .static_files
+        .as_ref()
+        .and_then(|s| features::static_files(s, &format!("{path}.static"), ctx.base_dir, errs));
     if let Some(rl) = &r.rate_limit {
         let p = format!("{path}.rate_limit");
         features::rate_limit(rl, &p, errs);
@@ -233,7 +232,10 @@ fn handler(
     if errs.count() != before {
         return None;
     }
-    upstream.map(RouteHandler::Upstream)
+    match static_files {
+        Some(files) => Some(RouteHandler::Static { files, upstream }),
+        None => upstream.map(RouteHandler::Upstream),
+    }
 }
 
 #[cfg(test)]
@@ -349,9 +351,7 @@ mod tests {
                 "routes[1].name",
                 "routes[1]",
                 "routes[2]",
-                "routes[2].static",
                 "routes[3].static.fallback",
-                "routes[3].static",
             ]
         );
         assert_eq!(
@@ -382,16 +382,40 @@ mod tests {
 "
         );
         let errs = errors_in(dir.path(), &yaml);
-        assert_eq!(
-            paths(&errs),
-            ["routes[0].rate_limit", "routes[1].static", "routes[2].jwt"]
-        );
+        assert_eq!(paths(&errs), ["routes[0].rate_limit", "routes[2].jwt"]);
         assert!(errs[0].message.contains("not available in this build yet"));
-        assert!(errs[1].message.contains("not available in this build yet"));
         assert_eq!(
-            errs[2].message,
+            errs[1].message,
             "unknown jwt policy \"djnago\" (known: django)"
         );
-        assert_eq!(errs[2].line, Some(19));
+        assert_eq!(errs[1].line, Some(19));
+    }
+
+    #[test]
+    fn static_routes_with_and_without_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("public")).unwrap();
+        let s = super::super::test_support::load_in(
+            dir.path(),
+            &with_routes(
+                "  - match: { path_prefix: /static/ }
+    static: { root: ./public, precompressed: [gzip], compress: true }
+  - match: { path_prefix: /media/ }
+    static: { root: ./public, fallback: upstream }
+    upstream: app
+",
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let RouteHandler::Static { files, upstream } = &s.routes[0].handler else {
+            panic!("not a static route: {:?}", s.routes[0].handler)
+        };
+        assert_eq!(*upstream, None);
+        assert!(files.root.ends_with("public") && files.compress && !files.fallback_upstream);
+        assert_eq!(files.precompressed, ["gzip"]);
+        let RouteHandler::Static { files, upstream } = &s.routes[1].handler else {
+            panic!("not a static route: {:?}", s.routes[1].handler)
+        };
+        assert_eq!((*upstream, files.fallback_upstream), (Some(0), true));
     }
 }

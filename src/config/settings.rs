@@ -183,6 +183,12 @@ pub enum HostPattern {
 pub enum RouteHandler {
     /// Index into `Settings::upstreams`.
     Upstream(usize),
+    /// A `static:` folder. `upstream` (an index into `Settings::upstreams`) is set with
+    /// `fallback: upstream`: requests the folder cannot answer go there.
+    Static {
+        files: super::features::StaticSettings,
+        upstream: Option<usize>,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,230 @@
+//! Static file serving for `static:` routes, the way nginx and WhiteNoise serve a Django
+//! `collectstatic` folder.
+//!
+//! A request travels through:
+//! 1. method check          — only GET and HEAD ([`StaticMiss::MethodNotAllowed`] otherwise);
+//! 2. prefix strip          — `/static/css/a.css` on a `/static/` route is `root/css/a.css`;
+//! 3. cache                 — small files answer from memory with no syscall ([`cache`]);
+//! 4. resolve (blocking)    — safe path → canonical file under the root ([`resolve`]) and its
+//!    precompressed siblings, on `spawn_blocking`;
+//! 5. negotiate and answer  — encoding, validators, ranges ([`negotiate`], `respond`).
+//!
+//! A missing file is a [`StaticMiss`], so the caller decides between 404 and the route's
+//! upstream (`fallback: upstream`).
+
+mod body;
+pub mod cache;
+pub mod mime;
+pub mod negotiate;
+pub mod resolve;
+mod respond;
+
+use std::sync::Arc;
+
+use http::header::{HeaderValue, LOCATION};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+
+use self::cache::{Entry, EntryOptions, FileCache, Freshness};
+use self::negotiate::Encoding;
+use self::resolve::{Found, Lookup, RelPath, Stamp};
+use crate::config::features::StaticSettings;
+use crate::error::{GatewayBody, GatewayError};
+
+/// The `Allow` value of a 405 from a static route.
+pub const ALLOW: &str = "GET, HEAD";
+
+/// Why a static route did not answer: the caller falls back to 404/405 or the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaticMiss {
+    /// No such file (or one the gateway will not serve: hidden, outside the root, a folder
+    /// without index).
+    NotFound,
+    /// Neither GET nor HEAD.
+    MethodNotAllowed,
+}
+
+impl From<StaticMiss> for GatewayError {
+    fn from(miss: StaticMiss) -> GatewayError {
+        match miss {
+            StaticMiss::NotFound => GatewayError::NotFound,
+            StaticMiss::MethodNotAllowed => {
+                GatewayError::MethodNotAllowed(HeaderValue::from_static(ALLOW))
+            }
+        }
+    }
+}
+
+/// One `static:` route's folder, with its file cache. Build one per route when the
+/// configuration is loaded; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct StaticSite {
+    /// The route's `path_prefix` without its trailing `/`.
+    prefix: String,
+    lookup: Arc<Lookup>,
+    options: EntryOptions,
+    fallback_upstream: bool,
+    cache: FileCache,
+}
+
+/// A prepared entry: shared from the cache, or owned (holding open files) for this response.
+enum Served {
+    Shared(Arc<Entry>),
+    Owned(Entry),
+    /// Answered without a file (a folder's redirect).
+    Ready(Response<GatewayBody>),
+}
+
+/// What a blocking lookup came back with.
+enum Outcome {
+    Entry(Entry),
+    Unchanged,
+    Redirect,
+    Missing,
+}
+
+impl StaticSite {
+    /// Touches no file: the root is canonicalised on each lookup.
+    pub fn new(settings: &StaticSettings, path_prefix: &str) -> StaticSite {
+        StaticSite {
+            prefix: path_prefix.trim_end_matches('/').to_owned(),
+            lookup: Arc::new(Lookup {
+                root: settings.root.clone(),
+                index: settings.index.clone(),
+                precompressed: settings
+                    .precompressed
+                    .iter()
+                    .filter_map(|name| Encoding::from_config(name))
+                    .collect(),
+                max_in_memory: cache::MAX_IN_MEMORY,
+            }),
+            options: EntryOptions {
+                immutable_hashed: settings.immutable_hashed,
+                max_age_secs: settings.max_age.as_secs(),
+                compress: settings.compress,
+            },
+            fallback_upstream: settings.fallback_upstream,
+            cache: FileCache::new(cache::CACHE_BYTES),
+        }
+    }
+
+    /// `fallback: upstream`: a miss goes to the route's upstream instead of 404/405.
+    pub fn fallback_upstream(&self) -> bool {
+        self.fallback_upstream
+    }
+
+    /// The in-memory cache (for stats and tests).
+    pub fn cache(&self) -> &FileCache {
+        &self.cache
+    }
+
+    /// Answers a GET or HEAD for `normalized_path` (the whole path, prefix included, as
+    /// [`crate::path::normalize`] returned it).
+    pub async fn serve(
+        &self,
+        parts: &Parts,
+        normalized_path: &str,
+    ) -> Result<Response<GatewayBody>, StaticMiss> {
+        if parts.method != Method::GET && parts.method != Method::HEAD {
+            return Err(StaticMiss::MethodNotAllowed);
+        }
+        let rest = normalized_path
+            .strip_prefix(self.prefix.as_str())
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+            .ok_or(StaticMiss::NotFound)?;
+        let served = match self.cache.get(rest) {
+            Some((entry, Freshness::Fresh)) => Served::Shared(entry),
+            Some((entry, Freshness::Revalidate)) => {
+                let previous = entry.stamps().to_vec();
+                match self.load(rest, Some(previous)).await? {
+                    Outcome::Unchanged => Served::Shared(entry),
+                    other => self.settle(rest, other, parts, normalized_path)?,
+                }
+            }
+            None => {
+                let outcome = self.load(rest, None).await?;
+                self.settle(rest, outcome, parts, normalized_path)?
+            }
+        };
+        let response = match served {
+            Served::Shared(entry) => respond::respond(parts, &entry, None),
+            Served::Owned(mut entry) => {
+                let taken = respond::take_bodies(&mut entry);
+                respond::respond(parts, &entry, Some(taken))
+            }
+            Served::Ready(response) => Some(response),
+        };
+        response.ok_or(StaticMiss::NotFound)
+    }
+
+    /// Resolves `rest` on a blocking thread; `previous` stamps allow an `Unchanged` answer.
+    async fn load(
+        &self,
+        rest: &str,
+        previous: Option<Vec<(Encoding, Stamp)>>,
+    ) -> Result<Outcome, StaticMiss> {
+        let rel = RelPath::parse(rest).ok_or(StaticMiss::NotFound)?;
+        let lookup = self.lookup.clone();
+        let options = self.options;
+        let now = self.cache.now_ms();
+        let outcome =
+            tokio::task::spawn_blocking(move || match lookup.run(&rel, previous.as_deref()) {
+                Found::File(loaded) => Outcome::Entry(Entry::build(loaded, options, now)),
+                Found::Unchanged => Outcome::Unchanged,
+                Found::Redirect => Outcome::Redirect,
+                Found::Missing => Outcome::Missing,
+            })
+            .await;
+        outcome.map_err(|e| {
+            tracing::warn!(error = %e, "static lookup task failed");
+            StaticMiss::NotFound
+        })
+    }
+
+    /// Caches what can be cached and turns the other outcomes into responses or misses.
+    fn settle(
+        &self,
+        rest: &str,
+        outcome: Outcome,
+        parts: &Parts,
+        normalized_path: &str,
+    ) -> Result<Served, StaticMiss> {
+        match outcome {
+            Outcome::Entry(entry) if entry.cacheable() => {
+                let entry = Arc::new(entry);
+                self.cache.insert(rest, entry.clone());
+                Ok(Served::Shared(entry))
+            }
+            Outcome::Entry(entry) => {
+                self.cache.remove(rest);
+                Ok(Served::Owned(entry))
+            }
+            // Only asked for with `previous`, and handled by the caller then.
+            Outcome::Unchanged => Err(StaticMiss::NotFound),
+            Outcome::Redirect => {
+                self.cache.remove(rest);
+                redirect(parts, normalized_path)
+                    .map(Served::Ready)
+                    .ok_or(StaticMiss::NotFound)
+            }
+            Outcome::Missing => {
+                self.cache.remove(rest);
+                Err(StaticMiss::NotFound)
+            }
+        }
+    }
+}
+
+/// `301` from a folder to the folder with a trailing `/` (relative links in its index
+/// resolve against it), keeping the query.
+fn redirect(parts: &Parts, normalized_path: &str) -> Option<Response<GatewayBody>> {
+    let location = match parts.uri.query() {
+        Some(q) => format!("{normalized_path}/?{q}"),
+        None => format!("{normalized_path}/"),
+    };
+    let location = HeaderValue::from_str(&location).ok()?;
+    let mut response = Response::new(body::empty());
+    *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    response.headers_mut().insert(LOCATION, location);
+    Some(response)
+}

@@ -1,0 +1,277 @@
+//! From a request path to a file under the static root, without ever reading outside it.
+//!
+//! Two steps:
+//! 1. [`RelPath::parse`] (pure, on the runtime thread): the normalised path after the route
+//!    prefix is split into segments and percent-decoded; an empty segment (`/static//etc`),
+//!    a dot-segment, a dotfile (`.env`, `.git`), a separator or NUL hidden in an escape, or
+//!    non-UTF-8 text is refused. Segments are only ever *pushed* onto the root, so an
+//!    absolute-looking path cannot replace it.
+//! 2. [`Lookup::run`] (blocking, on `spawn_blocking`): the file, its index (for a folder)
+//!    and its precompressed siblings are canonicalised and must lie under the canonicalised
+//!    root (so a symlink that resolves outside is not followed); only regular files are
+//!    opened. The root is canonicalised on every lookup, so a deploy that swaps a `current`
+//!    symlink is picked up without a reload.
+
+use std::ffi::OsString;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::negotiate::Encoding;
+
+/// A validated path below the static root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelPath {
+    /// Percent-decoded, each a plain, visible file name.
+    pub segments: Vec<String>,
+    /// The URL ends with `/`: it names a folder (served through its index).
+    pub dir: bool,
+}
+
+impl RelPath {
+    /// `rest` is what follows the route prefix: empty, or starting with `/`.
+    pub fn parse(rest: &str) -> Option<RelPath> {
+        if rest.is_empty() {
+            return Some(RelPath {
+                segments: Vec::new(),
+                dir: false,
+            });
+        }
+        let inner = rest.strip_prefix('/')?;
+        let (inner, dir) = match inner.strip_suffix('/') {
+            Some(stripped) => (stripped, true),
+            None => (inner, inner.is_empty()),
+        };
+        let segments = if inner.is_empty() {
+            Vec::new()
+        } else {
+            inner
+                .split('/')
+                .map(decode_segment)
+                .collect::<Option<_>>()?
+        };
+        Some(RelPath { segments, dir })
+    }
+}
+
+/// Percent-decodes one segment and checks that it names a visible file.
+fn decode_segment(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let text = String::from_utf8(out).ok()?;
+    let visible = !text.is_empty()
+        && !text.starts_with('.')
+        && !text.contains(['/', '\\'])
+        && !text.chars().any(char::is_control);
+    visible.then_some(text)
+}
+
+/// Size and modification time: what revalidation compares and validators are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub len: u64,
+    pub mtime: SystemTime,
+}
+
+impl Stamp {
+    fn of(meta: &Metadata) -> Stamp {
+        Stamp {
+            len: meta.len(),
+            mtime: meta.modified().unwrap_or(UNIX_EPOCH),
+        }
+    }
+}
+
+/// Where a variant's bytes are.
+#[derive(Debug)]
+pub enum Body {
+    Memory(Bytes),
+    /// Large files: an open handle, streamed.
+    File(File),
+}
+
+/// One representation of a file: the file itself or a compressed form.
+#[derive(Debug)]
+pub struct FileVariant {
+    pub encoding: Encoding,
+    pub stamp: Stamp,
+    pub body: Body,
+    /// Compressed by the gateway (not a sibling on disk): not part of revalidation.
+    pub generated: bool,
+}
+
+/// A file found under the root, with its variants (identity first).
+#[derive(Debug)]
+pub struct Loaded {
+    /// The name the client asked for (or the index file's), for type and caching rules.
+    pub name: String,
+    pub variants: Vec<FileVariant>,
+}
+
+impl Loaded {
+    /// The on-disk stamps, compared on revalidation.
+    pub fn stamps(&self) -> Vec<(Encoding, Stamp)> {
+        self.variants
+            .iter()
+            .filter(|v| !v.generated)
+            .map(|v| (v.encoding, v.stamp))
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub enum Found {
+    File(Loaded),
+    /// Same stamps as the `previous` passed in: the cached copy is still right.
+    Unchanged,
+    /// A folder asked for without the trailing `/` that has an index: redirect to `path/`.
+    Redirect,
+    Missing,
+}
+
+/// The fixed part of every lookup on one static site.
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub root: PathBuf,
+    pub index: Vec<String>,
+    pub precompressed: Vec<Encoding>,
+    /// Variants up to this size are read into memory; larger ones stay open files.
+    pub max_in_memory: u64,
+}
+
+impl Lookup {
+    /// Blocking: call on `spawn_blocking`. Any I/O error (missing, permission) is a miss.
+    pub fn run(&self, rel: &RelPath, previous: Option<&[(Encoding, Stamp)]>) -> Found {
+        match self.try_run(rel, previous) {
+            Ok(found) => found,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::debug!(error = %e, root = %self.root.display(), "static lookup failed");
+                }
+                Found::Missing
+            }
+        }
+    }
+
+    fn try_run(&self, rel: &RelPath, previous: Option<&[(Encoding, Stamp)]>) -> io::Result<Found> {
+        let root = std::fs::canonicalize(&self.root)?;
+        let mut requested = self.root.clone();
+        for segment in &rel.segments {
+            requested.push(segment);
+        }
+        let Some((canonical, meta)) = inside(&root, &requested)? else {
+            return Ok(Found::Missing);
+        };
+        let (path, canonical, meta, name) = if meta.is_dir() {
+            let index = self.index.iter().find_map(|name| {
+                let path = requested.join(name);
+                match inside(&root, &path) {
+                    Ok(Some((c, m))) if m.is_file() => Some((path, c, m, name.clone())),
+                    _ => None,
+                }
+            });
+            match (index, rel.dir) {
+                (Some(found), true) => found,
+                (Some(_), false) => return Ok(Found::Redirect),
+                (None, _) => return Ok(Found::Missing),
+            }
+        } else if meta.is_file() && !rel.dir {
+            let name = rel.segments.last().cloned().unwrap_or_default();
+            (requested, canonical, meta, name)
+        } else {
+            return Ok(Found::Missing);
+        };
+
+        let mut found = vec![(Encoding::Identity, canonical, Stamp::of(&meta))];
+        for &encoding in &self.precompressed {
+            let mut sibling = OsString::from(path.as_os_str());
+            sibling.push(encoding.suffix());
+            if let Ok(Some((c, m))) = inside(&root, Path::new(&sibling)) {
+                if m.is_file() {
+                    found.push((encoding, c, Stamp::of(&m)));
+                }
+            }
+        }
+        if let Some(previous) = previous {
+            let same = previous.len() == found.len()
+                && found
+                    .iter()
+                    .zip(previous)
+                    .all(|((e, _, s), (pe, ps))| e == pe && s == ps);
+            if same {
+                return Ok(Found::Unchanged);
+            }
+        }
+        let mut variants = Vec::with_capacity(found.len());
+        for (encoding, canonical, _) in found {
+            match self.open(&canonical) {
+                Ok((stamp, body)) => variants.push(FileVariant {
+                    encoding,
+                    stamp,
+                    body,
+                    generated: false,
+                }),
+                // The file itself must open; a sibling that vanished is just not offered.
+                Err(e) if encoding == Encoding::Identity => return Err(e),
+                Err(_) => {}
+            }
+        }
+        Ok(Found::File(Loaded { name, variants }))
+    }
+
+    /// Opens a regular file; small ones are read whole. The stamp is taken from the open
+    /// handle, so it describes exactly the bytes served.
+    fn open(&self, canonical: &Path) -> io::Result<(Stamp, Body)> {
+        let file = File::open(canonical)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
+        }
+        let stamp = Stamp::of(&meta);
+        if stamp.len > self.max_in_memory {
+            return Ok((stamp, Body::File(file)));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(stamp.len).unwrap_or(0));
+        file.take(self.max_in_memory).read_to_end(&mut bytes)?;
+        // A file rewritten while being read: serve what was read, described truthfully.
+        let stamp = Stamp {
+            len: bytes.len() as u64,
+            ..stamp
+        };
+        Ok((stamp, Body::Memory(Bytes::from(bytes))))
+    }
+}
+
+/// The canonical form of `path` and its metadata, if it exists and lies under `root`
+/// (already canonical). Only metadata is read; nothing is opened.
+fn inside(root: &Path, path: &Path) -> io::Result<Option<(PathBuf, Metadata)>> {
+    let canonical = match std::fs::canonicalize(path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !canonical.starts_with(root) {
+        tracing::debug!(path = %path.display(), "static path resolves outside the root");
+        return Ok(None);
+    }
+    let meta = std::fs::metadata(&canonical)?;
+    Ok(Some((canonical, meta)))
+}
+
+#[cfg(test)]
+#[path = "resolve_tests.rs"]
+mod tests;

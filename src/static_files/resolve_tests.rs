@@ -1,0 +1,164 @@
+//! Unit tests of path validation and file lookup.
+
+use std::fs;
+
+use super::*;
+
+fn rel(segments: &[&str], dir: bool) -> Option<RelPath> {
+    Some(RelPath {
+        segments: segments.iter().map(|s| s.to_string()).collect(),
+        dir,
+    })
+}
+
+#[test]
+fn parses_and_decodes_segments() {
+    assert_eq!(RelPath::parse(""), rel(&[], false));
+    assert_eq!(RelPath::parse("/"), rel(&[], true));
+    assert_eq!(
+        RelPath::parse("/css/app.css"),
+        rel(&["css", "app.css"], false)
+    );
+    assert_eq!(RelPath::parse("/css/"), rel(&["css"], true));
+    assert_eq!(RelPath::parse("/a%20b.txt"), rel(&["a b.txt"], false));
+    assert_eq!(RelPath::parse("/caf%C3%A9.css"), rel(&["café.css"], false));
+    assert_eq!(RelPath::parse("/a.b/c..d"), rel(&["a.b", "c..d"], false));
+}
+
+#[test]
+fn refuses_what_could_leave_the_root_or_show_hidden_files() {
+    for bad in [
+        "x",
+        "//etc/passwd",
+        "/a//b",
+        "/..",
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/..%2fsecret.txt",
+        "/a%2Fb",
+        "/a%5Cb",
+        "/a\\b",
+        "/a%00b",
+        "/a%0Ab",
+        "/.env",
+        "/css/.git",
+        "/%2eenv",
+        "/.",
+        "/a%zz",
+        "/a%4",
+        "/%FF%FE",
+    ] {
+        assert_eq!(RelPath::parse(bad), None, "{bad}");
+    }
+}
+
+fn lookup(root: &Path) -> Lookup {
+    Lookup {
+        root: root.to_path_buf(),
+        index: vec!["index.html".into()],
+        precompressed: vec![Encoding::Br, Encoding::Gzip],
+        max_in_memory: 16,
+    }
+}
+
+fn parse(p: &str) -> RelPath {
+    RelPath::parse(p).unwrap()
+}
+
+fn memory(v: &FileVariant) -> &[u8] {
+    match &v.body {
+        Body::Memory(b) => b,
+        Body::File(_) => panic!("expected an in-memory body"),
+    }
+}
+
+#[test]
+fn finds_files_siblings_and_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    fs::create_dir_all(root.join("docs")).unwrap();
+    fs::create_dir_all(root.join("empty")).unwrap();
+    fs::write(root.join("app.css"), "body{}").unwrap();
+    fs::write(root.join("app.css.gz"), "GZ").unwrap();
+    fs::write(root.join("docs/index.html"), "<h1>").unwrap();
+    fs::write(root.join("big.bin"), [7u8; 100]).unwrap();
+    let l = lookup(&root);
+
+    let Found::File(f) = l.run(&parse("/app.css"), None) else {
+        panic!("app.css not found")
+    };
+    assert_eq!(f.name, "app.css");
+    let encodings: Vec<Encoding> = f.variants.iter().map(|v| v.encoding).collect();
+    assert_eq!(encodings, [Encoding::Identity, Encoding::Gzip]);
+    assert_eq!(memory(&f.variants[0]), b"body{}");
+    assert_eq!(memory(&f.variants[1]), b"GZ");
+    assert_eq!(f.variants[0].stamp.len, 6);
+
+    // Unchanged stamps are recognised without reading again.
+    let stamps = f.stamps();
+    assert!(matches!(
+        l.run(&parse("/app.css"), Some(&stamps)),
+        Found::Unchanged
+    ));
+    fs::write(root.join("app.css"), "body{color:red}").unwrap();
+    assert!(matches!(
+        l.run(&parse("/app.css"), Some(&stamps)),
+        Found::File(_)
+    ));
+
+    let Found::File(f) = l.run(&parse("/docs/"), None) else {
+        panic!("index not found")
+    };
+    assert_eq!(
+        (f.name.as_str(), memory(&f.variants[0])),
+        ("index.html", &b"<h1>"[..])
+    );
+    assert!(matches!(l.run(&parse("/docs"), None), Found::Redirect));
+    assert!(matches!(l.run(&parse("/empty/"), None), Found::Missing));
+    assert!(matches!(l.run(&parse("/empty"), None), Found::Missing));
+    assert!(matches!(l.run(&parse("/app.css/"), None), Found::Missing));
+    assert!(matches!(l.run(&parse("/nope.css"), None), Found::Missing));
+    assert!(matches!(l.run(&parse(""), None), Found::Missing));
+
+    let Found::File(f) = l.run(&parse("/big.bin"), None) else {
+        panic!("big.bin not found")
+    };
+    assert!(matches!(f.variants[0].body, Body::File(_)));
+    assert_eq!(f.variants[0].stamp.len, 100);
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_are_followed_only_inside_the_root() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    fs::write(dir.path().join("secret.txt"), "TOP SECRET").unwrap();
+    fs::write(root.join("sub/real.txt"), "ok").unwrap();
+    symlink(dir.path().join("secret.txt"), root.join("leak.txt")).unwrap();
+    symlink(dir.path(), root.join("up")).unwrap();
+    symlink(root.join("sub/real.txt"), root.join("alias.txt")).unwrap();
+    symlink(dir.path().join("secret.txt"), root.join("alias.txt.gz")).unwrap();
+    let l = lookup(&root);
+
+    assert!(matches!(l.run(&parse("/leak.txt"), None), Found::Missing));
+    assert!(matches!(
+        l.run(&parse("/up/secret.txt"), None),
+        Found::Missing
+    ));
+    let Found::File(f) = l.run(&parse("/alias.txt"), None) else {
+        panic!("inside symlink not followed")
+    };
+    // The sibling pointing outside is never offered.
+    assert_eq!(f.variants.len(), 1);
+    assert_eq!(memory(&f.variants[0]), b"ok");
+
+    // A root that is itself a symlink (a deploy's `current`) works.
+    let current = dir.path().join("current");
+    symlink(&root, &current).unwrap();
+    assert!(matches!(
+        lookup(&current).run(&parse("/sub/real.txt"), None),
+        Found::File(_)
+    ));
+}
