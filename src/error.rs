@@ -2,7 +2,7 @@
 //! ([`GatewayError::status`]) and a short JSON body ([`GatewayError::into_response`]).
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
@@ -49,6 +49,9 @@ pub enum GatewayError {
     Unauthorized(Rejection),
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
+    /// Over the route's `rate_limit`; the next request with this key passes after the delay.
+    #[error("rate limited (retry after {0:?})")]
+    RateLimited(std::time::Duration),
     #[error("error reading the request body: {0}")]
     ClientBody(#[source] BoxError),
     #[error("no healthy server in upstream {0}")]
@@ -86,6 +89,7 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NoHealthyServer(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -106,6 +110,7 @@ impl GatewayError {
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::Misdirected => "misdirected_request",
             Self::BodyTooLarge(_) => "body_too_large",
+            Self::RateLimited(_) => "rate_limited",
             Self::NoHealthyServer(_) => "no_healthy_upstream",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
@@ -152,6 +157,9 @@ impl GatewayError {
             Self::Unauthorized(rejection) => {
                 headers.insert(WWW_AUTHENTICATE, bearer_challenge(&rejection));
             }
+            Self::RateLimited(wait) => {
+                headers.insert(RETRY_AFTER, retry_after(wait));
+            }
             _ => {}
         }
         if closes {
@@ -159,6 +167,13 @@ impl GatewayError {
         }
         response
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up and at least 1 (RFC 9110 §10.2.3 has no
+/// fractions, and `0` would invite an immediate retry that fails again).
+fn retry_after(wait: std::time::Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 /// RFC 6750 §3: a request without a token gets a bare challenge; a bad token gets
@@ -208,6 +223,7 @@ mod tests {
             ),
             (GatewayError::Misdirected, 421),
             (GatewayError::BodyTooLarge(10), 413),
+            (GatewayError::RateLimited(std::time::Duration::ZERO), 429),
             (GatewayError::NoHealthyServer("app".into()), 503),
             (
                 GatewayError::UpstreamConnect {
@@ -275,5 +291,24 @@ mod tests {
             r#"Bearer error="invalid_token", error_description="token 'expired'""#
         );
         assert!(response.headers().get(CONNECTION).is_none());
+    }
+
+    #[tokio::test]
+    async fn rate_limited_says_when_to_retry_in_whole_seconds() {
+        use std::time::Duration;
+        for (wait, header) in [
+            (Duration::ZERO, "1"),
+            (Duration::from_millis(10), "1"),
+            (Duration::from_secs(1), "1"),
+            (Duration::from_millis(1001), "2"),
+            (Duration::from_secs(720), "720"),
+        ] {
+            let response = GatewayError::RateLimited(wait).into_response();
+            assert_eq!(response.status(), 429);
+            assert_eq!(response.headers()[RETRY_AFTER], header, "{wait:?}");
+        }
+        let response = GatewayError::RateLimited(Duration::from_millis(5)).into_response();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"error":"rate_limited","status":429}"#);
     }
 }

@@ -6,10 +6,14 @@
 //! 4. routing           — host + path + method → route, or 404/405/421.
 //! 5. JWT               — a route with `jwt:` needs a valid token, else 401 before any upstream
 //!    work (the body is not read); on success the claim headers are set.
-//! 6. handler           — static files (from memory or disk; a miss is 404/405, or goes on to the
+//! 6. rate limit        — a route with `rate_limit:` counts the request under its key, else 429
+//!    with `Retry-After`: after JWT because a `claim:` key needs the verified claims (and a
+//!    forged token must not spend a real user's budget), before the body is read or an upstream
+//!    or the disk is touched, so refused requests cost next to nothing.
+//! 7. handler           — static files (from memory or disk; a miss is 404/405, or goes on to the
 //!    route's upstream with `fallback: upstream`), else proxy (body limits and buffering happen
 //!    there, before the upstream).
-//! 7. response          — `X-Request-Id` on every response, then the access log.
+//! 8. response          — `X-Request-Id` on every response, then the access log.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,10 +26,12 @@ use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::JwtPolicy;
+use crate::auth::{JwtPolicy, Verified};
 use crate::config::{RouteHandler, Settings};
 use crate::error::{full_body, GatewayBody, GatewayError};
+use crate::metrics::{Completion, MeteredBody, MethodClass, Metrics, StateMetrics};
 use crate::observability::{AccessRecord, LoggedBody};
+use crate::policy::{KeyInput, RouteLimiter};
 use crate::proxy::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::proxy::Upstream;
 use crate::router::{RouteDecision, Router};
@@ -41,6 +47,11 @@ pub struct State {
     /// One per `Settings::routes`, same order: `Some` for `static:` routes (each with its
     /// own file cache, fresh on every reload).
     pub static_sites: Vec<Option<StaticSite>>,
+    /// One per `Settings::routes`, same order: `Some` for routes with `rate_limit:` (fresh
+    /// buckets on every reload).
+    pub rate_limits: Vec<Option<RouteLimiter>>,
+    /// Metric handles for these routes, upstreams and policies (series outlive reloads).
+    pub metrics: StateMetrics,
     /// Ends this state's background tasks (JWKS refreshers); a child of the gateway's
     /// shutdown token, cancelled by [`State::retire`] or when the state is dropped.
     tasks: CancellationToken,
@@ -53,6 +64,7 @@ impl State {
     pub async fn build(
         settings: Arc<Settings>,
         shutdown: &CancellationToken,
+        metrics: &Metrics,
     ) -> Result<State, Vec<String>> {
         let jwt_policies = crate::auth::build_all(&settings.jwt_policies).await?;
         let tasks = shutdown.child_token();
@@ -78,6 +90,12 @@ impl State {
                     RouteHandler::Upstream(_) => None,
                 })
                 .collect(),
+            rate_limits: settings
+                .routes
+                .iter()
+                .map(|route| route.rate_limit.as_ref().map(RouteLimiter::new))
+                .collect(),
+            metrics: StateMetrics::build(metrics, &settings),
             tasks,
             settings,
         })
@@ -116,6 +134,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
     let start = Instant::now();
+    let method = MethodClass::of(req.method());
     let request_id = headers::request_id(req.headers());
     let access_log = state.settings.logging.access_log;
     let record = access_log.then(|| AccessRecord {
@@ -143,17 +162,25 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id);
-    Ok(match record {
+    // Metrics and the access log are written when the body is done (or abandoned).
+    let completion = Completion {
+        route: state.metrics.route(labels.route_index).clone(),
+        method,
+        status: response.status(),
+        start,
+    };
+    let (parts, body) = response.into_parts();
+    let body = match record {
         Some(mut record) => {
-            record.status = response.status();
+            record.status = parts.status;
             record.route = labels.route;
             record.upstream = labels.server;
-            let (parts, body) = response.into_parts();
-            let body = LoggedBody::new(body, Box::new(record));
-            Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
+            let logged = LoggedBody::new(body, Box::new(record));
+            http_body_util::BodyExt::boxed_unsync(MeteredBody::new(logged, completion))
         }
-        None => response,
-    })
+        None => http_body_util::BodyExt::boxed_unsync(MeteredBody::new(body, completion)),
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 /// Names for the access log, filled in as the request travels.
@@ -161,6 +188,8 @@ pub async fn handle(
 struct Labels {
     route: String,
     server: String,
+    /// For the metrics; `None` until a route matched.
+    route_index: Option<usize>,
 }
 
 async fn route_and_forward(
@@ -191,15 +220,34 @@ async fn route_and_forward(
             RouteDecision::Misdirected => return Err(GatewayError::Misdirected),
         };
     labels.route.clone_from(&route.name);
+    labels.route_index = Some(route_index);
 
     let path_and_query = forwarded_path_and_query(&path, req.uri().query())?;
     let mut req = req;
+    let mut verified = None;
     if let Some(index) = route.jwt {
         let policy = state
             .jwt_policies
             .get(index)
             .ok_or_else(|| GatewayError::Internal(format!("route {} has no policy", route.name)))?;
-        authorize(policy, req.headers_mut()).await?;
+        let authorized = authorize(policy, req.headers_mut()).await;
+        if let Err(GatewayError::Unauthorized(rejection)) = &authorized {
+            state.metrics.jwt_rejection(index, rejection.reason);
+        }
+        verified = Some(authorized?);
+    }
+    if let Some(limiter) = state.rate_limits.get(route_index).and_then(Option::as_ref) {
+        let input = KeyInput {
+            peer: conn.peer.ip(),
+            peer_trusted: conn.peer_trusted,
+            trusted_proxies: &state.settings.server.trusted_proxies,
+            headers: req.headers(),
+            claims: verified.as_ref().map(|v| &*v.claims),
+        };
+        if let Err(limited) = limiter.check(&input) {
+            state.metrics.rate_limited(route_index);
+            return Err(GatewayError::RateLimited(limited.retry_after));
+        }
     }
     let upstream_index = match &route.handler {
         RouteHandler::Upstream(index) => Some(*index),
@@ -237,9 +285,14 @@ async fn route_and_forward(
                 host: host.as_ref(),
                 request_id,
             };
-            let forwarded =
+            let sent = Instant::now();
+            let result =
                 crate::proxy::forward(upstream, req, path_and_query, &fwd, route.max_body_bytes)
-                    .await?;
+                    .await;
+            if let Some(m) = state.metrics.upstreams.get(index) {
+                m.finished(sent.elapsed(), &result);
+            }
+            let forwarded = result?;
             labels.server.push_str(forwarded.server);
             Ok(forwarded.response)
         }
@@ -247,15 +300,16 @@ async fn route_and_forward(
 }
 
 /// Verifies the request's token; on success rewrites `headers` into what the upstream may
-/// see (claim headers set, client copies removed, the token stripped if so configured).
-async fn authorize(policy: &JwtPolicy, headers: &mut HeaderMap) -> Result<(), GatewayError> {
+/// see (claim headers set, client copies removed, the token stripped if so configured) and
+/// returns the verified claims (rate-limit keys may count by them).
+async fn authorize(policy: &JwtPolicy, headers: &mut HeaderMap) -> Result<Verified, GatewayError> {
     let verified = policy
         .verify_async(headers)
         .await
         .map_err(GatewayError::Unauthorized)?;
     policy.apply(&verified, headers);
     unlist_from_connection(headers, policy.forwarded_headers());
-    Ok(())
+    Ok(verified)
 }
 
 /// Removes `names` from the request's `Connection` lists, so that the hop-by-hop removal in

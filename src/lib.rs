@@ -6,21 +6,28 @@
 //! 2. [`listener`] — TCP accept loop with connection limits, TLS (SNI, ALPN), hyper h1/h2 serving.
 //! 3. [`handler`]  — the per-request pipeline: framing checks, path normalisation, routing, limits.
 //! 4. [`path`] and [`router`] — normalise the path once, then host + path + method → route.
+//!    [`policy`] — per-route rate limits, checked after routing and JWT, before upstream work.
 //! 5. [`proxy`]    — forward to an upstream: header rules, body buffering, retries, pooled client.
 //! 6. [`static_files`] — `static:` routes: safe path → file, negotiation, ranges, file cache.
 //! 7. [`error`]    — the one place a failure becomes an HTTP status.
 //! 8. [`observability`] — tracing subscriber and the access log.
 //! 9. [`server`]   — wires it all together: start, reload, graceful drain.
+//! 10. [`metrics`], [`admin`] and [`reload`] — Prometheus series, the admin listener
+//!     (`/metrics`, `/healthz`, `/ready`, `/upstreams`, `POST /reload`), the shared reload path.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod handler;
 pub mod listener;
+pub mod metrics;
 pub mod observability;
 pub mod path;
+pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod static_files;

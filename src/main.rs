@@ -1,5 +1,7 @@
 //! The `gateway` binary: command line, tracing, runtime, signals. `anyhow` lives only here.
 
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,8 +36,13 @@ enum Command {
     Run,
     /// Validate the configuration like `nginx -t`: prints `ok`, or every error on stderr.
     Check,
-    /// Start the gateway with built-in demo upstreams (not available yet).
-    Demo,
+    /// First run: the gateway with built-in demo workers, a static folder and a JWT route,
+    /// printing ready-to-paste curl commands. Ignores `-c`.
+    Demo {
+        /// HTTPS port on 127.0.0.1 (default 8443, or a free port when that is busy; 0 = any free port).
+        #[arg(long)]
+        port: Option<u16>,
+    },
     /// Mint a token for a configured JWT policy; prints the token alone on stdout.
     Token {
         /// The `jwt_policies` entry the token is for.
@@ -66,7 +73,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Demo => unavailable("demo"),
+        Command::Demo { port } => match demo::run(port) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("gateway demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Token {
             policy,
             claim,
@@ -83,11 +96,6 @@ fn main() -> ExitCode {
             }
         },
     }
-}
-
-fn unavailable(what: &str) -> ExitCode {
-    eprintln!("gateway: `gateway {what}` is not available in this build yet");
-    ExitCode::from(2)
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -250,22 +258,9 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
+/// SIGHUP: re-reads `path` along the same path as the admin `POST /reload`, which logs every
+/// error, keeps the running config on failure, and counts `gateway_config_reloads_total`.
 async fn reload(gateway: &Gateway, path: &std::path::Path) {
-    match config::load(path) {
-        Ok(settings) => match gateway.reload(settings).await {
-            Ok(()) => tracing::info!(
-                "configuration reloaded (routes, upstreams and JWT policies; listener changes need a restart)"
-            ),
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!(error = %e, "reload failed; keeping the running configuration");
-                }
-            }
-        },
-        Err(errors) => {
-            for e in &errors.0 {
-                tracing::error!(error = %e, "reload failed; keeping the running configuration");
-            }
-        }
-    }
+    gateway.set_config_path(path.to_owned());
+    let _ = gateway.reload_from_file().await;
 }

@@ -248,6 +248,7 @@ mod tests {
             handler: RouteHandler::Upstream(0),
             jwt: None,
             max_body_bytes: 1024,
+            rate_limit: None,
         }
     }
 

@@ -11,10 +11,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::AdminContext;
 use crate::config::Settings;
 use crate::handler::State;
 use crate::listener::conn::Builders;
 use crate::listener::{self, tls, Acceptor};
+use crate::metrics::Metrics;
+use crate::reload::Reloader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -28,6 +31,11 @@ pub enum StartError {
     /// JWT policies that could not be built (keys unreadable, first JWKS fetch failed).
     #[error("{}", .0.join("; "))]
     Policies(Vec<String>),
+    #[error("admin.bind: cannot bind {addr}: {source}")]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("listeners[{index}] ({name}): TLS configuration: {source}")]
     Tls {
         index: usize,
@@ -36,12 +44,24 @@ pub enum StartError {
     },
 }
 
+/// How long a scrape in progress may take to finish once the drain is over.
+const ADMIN_STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// A started gateway. Dropping it does not stop it; call [`Gateway::shutdown`].
 pub struct Gateway {
     state: Arc<ArcSwap<State>>,
+    /// Cancelled when draining starts: listeners close, connections finish their requests.
     shutdown: CancellationToken,
+    /// The root of the cancellation tree (`shutdown` is its child): cancelled once the drain
+    /// is over, which also stops the admin listener.
+    stopped: CancellationToken,
     tracker: TaskTracker,
+    /// The admin listener's tasks: outside `tracker`, since they outlive the drain.
+    admin_tasks: TaskTracker,
     listeners: Vec<(String, SocketAddr)>,
+    admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
+    reloader: Arc<Reloader>,
     grace: Duration,
 }
 
@@ -59,8 +79,10 @@ impl Gateway {
         workers: &[tokio::runtime::Handle],
     ) -> Result<Gateway, StartError> {
         let settings = Arc::new(settings);
-        let shutdown = CancellationToken::new();
-        let state = State::build(settings.clone(), &shutdown)
+        let stopped = CancellationToken::new();
+        let shutdown = stopped.child_token();
+        let metrics = Arc::new(Metrics::new());
+        let state = State::build(settings.clone(), &shutdown, &metrics)
             .await
             .map_err(StartError::Policies)?;
         let state = Arc::new(ArcSwap::from_pointee(state));
@@ -88,6 +110,17 @@ impl Gateway {
             };
             bound.push((l, tcp, tls));
         }
+        let admin_tcp = match &settings.admin {
+            Some(admin) => {
+                Some(
+                    listener::bind(admin.bind).map_err(|source| StartError::AdminBind {
+                        addr: admin.bind,
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
         // Redirects name the port actually bound (it differs from the file's when that says 0).
         let https_port = bound
             .iter()
@@ -101,6 +134,7 @@ impl Gateway {
             tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "listening");
             listeners.push((l.name.clone(), addr));
             let name: Arc<str> = Arc::from(l.name.as_str());
+            let listener_metrics = Arc::new(metrics.listener(&l.name, tls.is_some()));
             for worker in workers {
                 // Each accept loop owns a duplicate of the socket; the kernel closes the
                 // listening socket once the last loop drops its copy.
@@ -120,15 +154,49 @@ impl Gateway {
                     connections: connections.clone(),
                     shutdown: shutdown.clone(),
                     tracker: tracker.clone(),
+                    metrics: listener_metrics.clone(),
                 };
                 tracker.spawn_on(acceptor.run(), worker);
             }
         }
+        let reloader = Arc::new(Reloader::new(
+            state.clone(),
+            shutdown.clone(),
+            metrics.clone(),
+        ));
+        let admin_tasks = TaskTracker::new();
+        let admin_addr = match (admin_tcp, &settings.admin) {
+            (Some(tcp), Some(admin)) => {
+                let ctx = AdminContext {
+                    metrics: metrics.clone(),
+                    state: state.clone(),
+                    reloader: reloader.clone(),
+                    draining: shutdown.clone(),
+                };
+                let addr = crate::admin::spawn(tcp, ctx, stopped.clone(), &admin_tasks).map_err(
+                    |source| {
+                        // The accept loops already run: stop them with the failed start.
+                        stopped.cancel();
+                        StartError::AdminBind {
+                            addr: admin.bind,
+                            source,
+                        }
+                    },
+                )?;
+                Some(addr)
+            }
+            _ => None,
+        };
         Ok(Gateway {
             state,
             shutdown,
+            stopped,
             tracker,
+            admin_tasks,
             listeners,
+            admin_addr,
+            metrics,
+            reloader,
             grace: settings.server.shutdown_grace,
         })
     }
@@ -145,14 +213,34 @@ impl Gateway {
         &self.listeners
     }
 
+    /// The admin listener's bound address, when `admin:` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The registry behind `/metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Swaps in a new configuration for routes, upstreams and policies. In-flight requests
     /// finish on the state they started with. When the new JWT policies cannot be built the
     /// running state is kept and the errors (naming `jwt_policies.NAME...`) are returned.
+    /// Counted in `gateway_config_reloads_total`.
     pub async fn reload(&self, settings: Settings) -> Result<(), Vec<String>> {
-        let state = State::build(Arc::new(settings), &self.shutdown).await?;
-        let old = self.state.swap(Arc::new(state));
-        old.retire();
-        Ok(())
+        self.reloader.apply(settings).await
+    }
+
+    /// The file [`Gateway::reload_from_file`] re-reads (default: the file the running
+    /// settings came from).
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        self.reloader.set_config_path(path);
+    }
+
+    /// Re-reads and validates the config file and swaps it in: SIGHUP and `POST /reload`.
+    /// A bad file is logged with all its errors (returned too) and the running config kept.
+    pub async fn reload_from_file(&self) -> Result<(), Vec<String>> {
+        self.reloader.reload_file().await
     }
 
     pub fn settings(&self) -> Arc<Settings> {
@@ -173,8 +261,13 @@ impl Gateway {
     /// Returns false when the grace period ran out.
     pub async fn drained(&self) -> bool {
         self.tracker.close();
-        tokio::time::timeout(self.grace, self.tracker.wait())
+        let drained = tokio::time::timeout(self.grace, self.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        // The admin listener answered `/ready` with 503 during the drain; now it stops too.
+        self.stopped.cancel();
+        self.admin_tasks.close();
+        let _ = tokio::time::timeout(ADMIN_STOP_GRACE, self.admin_tasks.wait()).await;
+        drained
     }
 }

@@ -1,5 +1,5 @@
 //! Route blocks validated into typed values: `static:` (served by [`crate::static_files`])
-//! and `rate_limit:` (runtime not built yet: `routes` still refuses it).
+//! and `rate_limit:` (enforced by [`crate::policy::rate_limit`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,6 +1,5 @@
 //! Route validation: match (path prefix, host, methods), exactly one handler, references to
-//! upstreams and JWT policies, unique names. Features whose runtime is not built yet (rate
-//! limits) fail closed here: they are type-checked, then refused.
+//! upstreams and JWT policies, unique names, rate limits (a `claim:` key needs `jwt:`).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,8 +7,9 @@ use std::path::Path;
 use http::Method;
 
 use super::error::Errors;
+use super::features::RateLimitSettings;
 use super::raw::{RawMatch, RawRoute};
-use super::{features, HostPattern, RouteHandler, RouteMatch, RouteSettings};
+use super::{features, HostPattern, KeySource, RouteHandler, RouteMatch, RouteSettings};
 
 /// What routes may refer to.
 pub(crate) struct RouteContext<'a> {
@@ -43,13 +43,17 @@ pub(crate) fn validate(
         let matcher = matcher(r.matcher.as_ref(), &format!("{path}.match"), errs);
         let handler = handler(r, &path, ctx, errs);
         let jwt = jwt_policy(r.jwt.as_deref(), &format!("{path}.jwt"), ctx, errs);
-        if let (Some(matcher), Some(handler), Ok(jwt)) = (matcher, handler, jwt) {
+        let rate_limit = rate_limit(r, &path, errs);
+        if let (Some(matcher), Some(handler), Ok(jwt), Ok(rate_limit)) =
+            (matcher, handler, jwt, rate_limit)
+        {
             out.push(RouteSettings {
                 name,
                 matcher,
                 handler,
                 jwt,
                 max_body_bytes: r.max_body_bytes.map_or(ctx.default_max_body, |s| s.0),
+                rate_limit,
             });
         }
     }
@@ -148,6 +152,32 @@ fn jwt_policy(
     Err(())
 }
 
+/// `rate_limit:` (`Ok(None)` without one). A `claim:NAME` key counts by the verified token,
+/// so the route must have `jwt:`; without it every request would fall back to its address.
+fn rate_limit(
+    r: &RawRoute,
+    path: &str,
+    errs: &mut Errors<'_>,
+) -> Result<Option<RateLimitSettings>, ()> {
+    let Some(raw) = &r.rate_limit else {
+        return Ok(None);
+    };
+    let path = format!("{path}.rate_limit");
+    let settings = features::rate_limit(raw, &path, errs).ok_or(())?;
+    if let KeySource::Claim(name) = &settings.key {
+        if r.jwt.is_none() {
+            errs.add(
+                format!("{path}.key"),
+                format!(
+                    "key \"claim:{name}\" needs a verified token: give the route `jwt: POLICY`"
+                ),
+            );
+            return Err(());
+        }
+    }
+    Ok(Some(settings))
+}
+
 /// `example.com` → exact; `*.example.com` → any subdomain. Lower-cased; no port.
 pub(crate) fn host_pattern(text: &str) -> Result<HostPattern, String> {
     let h = text.trim().to_ascii_lowercase();
@@ -224,11 +254,6 @@ fn handler(
         .static_files
         .as_ref()
         .and_then(|s| features::static_files(s, &format!("{path}.static"), ctx.base_dir, errs));
-    if let Some(rl) = &r.rate_limit {
-        let p = format!("{path}.rate_limit");
-        features::rate_limit(rl, &p, errs);
-        errs.add(p, "rate limiting is not available in this build yet");
-    }
     if errs.count() != before {
         return None;
     }
@@ -239,183 +264,5 @@ fn handler(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::super::test_support::{errors_in, errors_of, ok, LISTENER, UPSTREAM};
-    use super::*;
-
-    fn with_routes(routes: &str) -> String {
-        format!("{LISTENER}{UPSTREAM}routes:\n{routes}")
-    }
-
-    fn paths(errs: &[super::super::ConfigError]) -> Vec<&str> {
-        errs.iter().map(|e| e.path.as_str()).collect()
-    }
-
-    #[test]
-    fn host_patterns() {
-        assert_eq!(
-            host_pattern("Example.COM"),
-            Ok(HostPattern::Exact("example.com".into()))
-        );
-        assert_eq!(
-            host_pattern("*.Example.com"),
-            Ok(HostPattern::Wildcard(".example.com".into()))
-        );
-        assert_eq!(
-            host_pattern("[::1]"),
-            Ok(HostPattern::Exact("[::1]".into()))
-        );
-        for bad in [
-            "example.com:8080",
-            "",
-            "*.",
-            "a..b",
-            "exa mple.com",
-            "*",
-            "a.*.b",
-        ] {
-            assert!(host_pattern(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn good_routes() {
-        let s = ok(&with_routes(
-            "  - name: api
-    match: { host: \"*.Example.com\", path_prefix: /api/, methods: [get, POST, get] }
-    upstream: app
-    max_body_bytes: 1MiB
-  - match: { path_prefix: / }
-    upstream: app
-",
-        ));
-        let r = &s.routes[0];
-        assert_eq!(r.name, "api");
-        assert_eq!(
-            r.matcher.host,
-            Some(HostPattern::Wildcard(".example.com".into()))
-        );
-        assert_eq!(r.matcher.methods, Some(vec![Method::GET, Method::POST]));
-        assert_eq!(r.max_body_bytes, 1 << 20);
-        assert!(matches!(r.handler, RouteHandler::Upstream(0)));
-        assert_eq!(s.routes[1].name, "routes[1]");
-        assert!(s.routes[1].matcher.methods.is_none() && s.routes[1].matcher.host.is_none());
-    }
-
-    #[test]
-    fn match_rules() {
-        let errs = errors_of(&with_routes(
-            "  - match: { path_prefix: api/ }
-    upstream: app
-  - match: { path_prefix: \"/a/../b\", host: \"a.com:80\", methods: [\"GE T\"] }
-    upstream: app
-  - upstream: app
-  - match: { path_prefix: /x, methods: [] }
-    upstream: app
-",
-        ));
-        assert_eq!(
-            paths(&errs),
-            [
-                "routes[0].match.path_prefix",
-                "routes[1].match.path_prefix",
-                "routes[1].match.host",
-                "routes[1].match.methods[0]",
-                "routes[2].match.path_prefix",
-                "routes[3].match.methods",
-            ]
-        );
-        assert_eq!(errs[0].line, Some(7));
-        assert_eq!(errs[4].line, Some(11));
-    }
-
-    #[test]
-    fn handler_and_reference_rules() {
-        let errs = errors_of(&with_routes(
-            "  - name: dup
-    match: { path_prefix: / }
-    upstream: ap
-  - name: dup
-    match: { path_prefix: / }
-  - match: { path_prefix: / }
-    upstream: app
-    static: { root: ., fallback: none }
-  - match: { path_prefix: / }
-    static: { root: ., fallback: upstream }
-",
-        ));
-        assert_eq!(
-            paths(&errs),
-            [
-                "routes[0].upstream",
-                "routes[1].name",
-                "routes[1]",
-                "routes[2]",
-                "routes[3].static.fallback",
-            ]
-        );
-        assert_eq!(
-            errs[0].to_string(),
-            "routes[0].upstream (line 9): unknown upstream \"ap\" (known: app)"
-        );
-        assert!(errs[1].message.contains("duplicate"));
-    }
-
-    #[test]
-    fn unfinished_features_fail_closed() {
-        let dir = tempfile::tempdir().unwrap();
-        let yaml = format!(
-            "jwt_policies:
-  django:
-    algorithms: [HS256]
-    key: {{ secret: s3cret }}
-{LISTENER}{UPSTREAM}routes:
-  - match: {{ path_prefix: /api/ }}
-    upstream: app
-    jwt: django
-    rate_limit: {{ rate: 10/s }}
-  - match: {{ path_prefix: /static/ }}
-    static: {{ root: . }}
-  - match: {{ path_prefix: / }}
-    upstream: app
-    jwt: djnago
-"
-        );
-        let errs = errors_in(dir.path(), &yaml);
-        assert_eq!(paths(&errs), ["routes[0].rate_limit", "routes[2].jwt"]);
-        assert!(errs[0].message.contains("not available in this build yet"));
-        assert_eq!(
-            errs[1].message,
-            "unknown jwt policy \"djnago\" (known: django)"
-        );
-        assert_eq!(errs[1].line, Some(19));
-    }
-
-    #[test]
-    fn static_routes_with_and_without_fallback() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("public")).unwrap();
-        let s = super::super::test_support::load_in(
-            dir.path(),
-            &with_routes(
-                "  - match: { path_prefix: /static/ }
-    static: { root: ./public, precompressed: [gzip], compress: true }
-  - match: { path_prefix: /media/ }
-    static: { root: ./public, fallback: upstream }
-    upstream: app
-",
-            ),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let RouteHandler::Static { files, upstream } = &s.routes[0].handler else {
-            panic!("not a static route: {:?}", s.routes[0].handler)
-        };
-        assert_eq!(*upstream, None);
-        assert!(files.root.ends_with("public") && files.compress && !files.fallback_upstream);
-        assert_eq!(files.precompressed, ["gzip"]);
-        let RouteHandler::Static { files, upstream } = &s.routes[1].handler else {
-            panic!("not a static route: {:?}", s.routes[1].handler)
-        };
-        assert_eq!((*upstream, files.fallback_upstream), (Some(0), true));
-    }
-}
+#[path = "tests_routes.rs"]
+mod tests;

@@ -159,6 +159,8 @@ pub struct RouteSettings {
     pub jwt: Option<usize>,
     /// Route-level `max_body_bytes`, else the server's.
     pub max_body_bytes: u64,
+    /// `rate_limit:`: requests over it get 429 before any upstream work.
+    pub rate_limit: Option<super::features::RateLimitSettings>,
 }
 
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::certs::tests::write_pair;
 use super::test_support::{errors_of, load_in, ok, LISTENER, UPSTREAM};
-use super::{load, load_str, RouteHandler, TlsVersion};
+use super::{load, load_str, KeySource, RouteHandler, TlsVersion};
 
 /// The example from SPEC.md, verbatim except for the certificate paths (`{cert}`, `{key}`).
 const SPEC_EXAMPLE: &str = r#"server:
@@ -103,29 +103,12 @@ logging:
 "#;
 
 #[test]
-fn spec_example_fails_only_on_unfinished_features() {
+fn spec_example_validates() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = write_pair(dir.path(), "localhost", &["localhost"]);
     std::fs::create_dir(dir.path().join("static")).unwrap();
     let yaml = SPEC_EXAMPLE.replace("{cert}", &cert).replace("{key}", &key);
-    let errs = match load_in(dir.path(), &yaml) {
-        Ok(_) => panic!("the example uses rate_limit, which must fail closed"),
-        Err(e) => e.0,
-    };
-    let got: Vec<(&str, Option<usize>)> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
-    assert_eq!(got, [("routes[2].rate_limit", Some(80))], "{errs:#?}");
-    assert!(errs
-        .iter()
-        .all(|e| e.message.ends_with("is not available in this build yet")));
-
-    // With the unfinished feature taken out, the rest of the example (JWT, static) is valid.
-    let trimmed: String = yaml
-        .lines()
-        .enumerate()
-        .filter(|(i, _)| i + 1 != 80)
-        .map(|(_, l)| format!("{l}\n"))
-        .collect();
-    let s = load_in(dir.path(), &trimmed).unwrap_or_else(|e| panic!("{e}"));
+    let s = load_in(dir.path(), &yaml).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         s.listeners[0].tls.as_ref().unwrap().min_version,
         TlsVersion::V1_2
@@ -144,6 +127,13 @@ fn spec_example_fails_only_on_unfinished_features() {
     assert_eq!(files.precompressed, ["br", "gzip"]);
     assert_eq!(s.routes[2].max_body_bytes, 1 << 20);
     assert_eq!(s.routes[2].jwt, Some(0));
+    let rate_limit = s.routes[2].rate_limit.as_ref().unwrap();
+    assert_eq!(
+        (rate_limit.rate, rate_limit.per.as_secs(), rate_limit.burst),
+        (100, 1, 200)
+    );
+    assert_eq!(rate_limit.key, KeySource::Claim("user_id".into()));
+    assert!(s.routes[3].rate_limit.is_none());
     assert_eq!(s.jwt_policies[0].name, "django");
     assert_eq!(s.admin.unwrap().bind.port(), 9901);
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::handler::{ConnInfo, State};
+use crate::metrics::ListenerMetrics;
 use conn::{Builders, Protocol};
 
 /// Binds a listening socket with `SO_REUSEADDR` and a generous backlog. The std socket can
@@ -43,6 +44,8 @@ pub struct Acceptor {
     pub connections: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// `gateway_active_connections` and the TLS handshake counters of this listener.
+    pub metrics: Arc<ListenerMetrics>,
 }
 
 impl Acceptor {
@@ -81,8 +84,10 @@ impl Acceptor {
             let _ = stream.set_nodelay(true);
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             let task = self.connection_task(stream, peer);
+            let open = self.metrics.open();
             self.tracker.spawn(async move {
                 let _permit = permit;
+                let _open = open;
                 task.await;
             });
         }
@@ -108,6 +113,7 @@ impl Acceptor {
         let shutdown = self.shutdown.clone();
         let listener = self.name.clone();
         let redirect_https = self.redirect_https;
+        let metrics = self.metrics.clone();
         async move {
             let mut info = ConnInfo {
                 peer,
@@ -136,14 +142,17 @@ impl Acceptor {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            metrics.handshake_failed(false);
                             return;
                         }
                         Err(_) => {
                             tracing::debug!(%peer, "TLS handshake timed out");
+                            metrics.handshake_failed(true);
                             return;
                         }
                     };
                     let (_, session) = stream.get_ref();
+                    metrics.handshake(session.protocol_version());
                     info.sni = session.server_name().map(|s| s.to_ascii_lowercase());
                     let protocol = match session.alpn_protocol() {
                         Some(b"h2") => Protocol::Http2,
