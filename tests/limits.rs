@@ -674,15 +674,31 @@ async fn buffered_large_body_spills_to_a_temp_file_and_arrives_intact() {
     let _g = shared().await;
     const LEN: usize = 8 * MIB;
     let spilled = Arc::new(AtomicUsize::new(0));
-    let spilled2 = spilled.clone();
-    let up = TestUpstream::start(move |seen: Seen| {
-        // While the upstream request is in flight the gateway holds the spilled body.
-        spilled2.store(deleted_open_files_of_len(LEN as u64), Ordering::SeqCst);
-        async move { Response::new(full(format!("{:x}", checksum(&seen.body)))) }
-    })
-    .await;
+    let seen = Arc::new(std::sync::Mutex::new(None::<(http::HeaderMap, Bytes)>));
+    // The upstream looks for the spilled file as soon as the request head arrives, before it
+    // reads any of the body: the gateway is still sending it, from the file.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let (spilled2, seen2) = (spilled.clone(), seen.clone());
+    let upstream = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            spilled2.store(deleted_open_files_of_len(LEN as u64), Ordering::SeqCst);
+            let seen = seen2.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let sum = format!("{:x}", checksum(&body));
+                *seen.lock().unwrap() = Some((parts.headers, body));
+                Ok::<_, std::convert::Infallible>(Response::new(full(sum)))
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    });
     let yaml = simple_yaml(
-        up.addr,
+        up_addr,
         "    request_buffering: true",
         "  max_body_bytes: 16MiB",
     );
@@ -702,13 +718,18 @@ async fn buffered_large_body_spills_to_a_temp_file_and_arrives_intact() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), expected);
-    let seen = up.last();
-    assert_eq!(seen.headers["content-length"], LEN.to_string().as_str());
-    assert_eq!(seen.body.len(), LEN);
+    let (headers, seen_body) = seen
+        .lock()
+        .unwrap()
+        .take()
+        .expect("upstream saw no request");
+    assert_eq!(headers["content-length"], LEN.to_string().as_str());
+    assert_eq!(seen_body.len(), LEN);
     assert!(
         spilled.load(Ordering::SeqCst) >= 1,
         "no unlinked temp file of the body's size was open while it was forwarded"
     );
+    upstream.abort();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@
 //! through with the size limit enforced as bytes pass.
 
 use std::io::SeekFrom;
-use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
@@ -19,12 +18,12 @@ use crate::error::{full_body, BoxError, GatewayBody, GatewayError};
 pub const MEMORY_THRESHOLD: usize = 1024 * 1024;
 const FILE_READ_CHUNK: usize = 64 * 1024;
 
-/// A request body that can be sent more than once (for retries).
-#[derive(Debug, Clone)]
+/// A request body read in full before the upstream is contacted.
+#[derive(Debug)]
 pub enum Buffered {
     Empty,
     Memory(Bytes),
-    File { file: Arc<std::fs::File>, len: u64 },
+    File { file: std::fs::File, len: u64 },
 }
 
 /// Rejects up front a body whose declared length is over `limit`.
@@ -75,7 +74,7 @@ pub async fn buffer(mut body: Incoming, limit: u64) -> Result<Buffered, GatewayE
         Some((std_file, mut file)) => {
             file.flush().await.map_err(spill_error)?;
             Buffered::File {
-                file: Arc::new(std_file),
+                file: std_file,
                 len: total,
             }
         }
@@ -103,13 +102,15 @@ impl Buffered {
         self.len() == 0
     }
 
-    /// A fresh body reading this buffer from the start.
-    pub async fn to_body(&self) -> Result<GatewayBody, GatewayError> {
+    /// The body that sends this buffer upstream (a retry on another server gets the same
+    /// body back unread, so it is built once).
+    pub async fn into_body(self) -> Result<GatewayBody, GatewayError> {
         Ok(match self {
-            Self::Empty => Empty::new().map_err(|never| match never {}).boxed_unsync(),
-            Self::Memory(bytes) => full_body(bytes.clone()),
+            Self::Empty => empty_body(),
+            Self::Memory(bytes) => full_body(bytes),
             Self::File { file, .. } => {
-                let mut file = tokio::fs::File::from_std(file.try_clone().map_err(spill_error)?);
+                // The writing handle shared this descriptor's offset: rewind it.
+                let mut file = tokio::fs::File::from_std(file);
                 file.seek(SeekFrom::Start(0)).await.map_err(spill_error)?;
                 let stream = tokio_util::io::ReaderStream::with_capacity(file, FILE_READ_CHUNK)
                     .map_ok(Frame::data)
@@ -118,6 +119,11 @@ impl Buffered {
             }
         })
     }
+}
+
+/// A body with no bytes (boxing it allocates nothing).
+pub fn empty_body() -> GatewayBody {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
 /// Streams the client's body upstream, cutting it off once it passes `limit`.

@@ -4,10 +4,11 @@
 //! Order matters: everything the client may not control is removed first, then the gateway's
 //! own headers are set, so a client can never use `Connection:` to strip what we add.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
 };
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -120,31 +121,57 @@ fn generate_request_id() -> HeaderValue {
 }
 
 /// Removes RFC 9110 §7.6.1 hop-by-hop headers and every header named in `Connection`.
+///
+/// Runs twice per proxied request, so it avoids work on the common shapes: `Connection`
+/// tokens are removed by name without allocating, and the fixed list is only walked when a
+/// scan finds one of its members.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in listed {
+    if let Entry::Occupied(entry) = headers.entry(CONNECTION) {
+        let mut values = entry.remove_entry_mult().1;
+        let first = values.next();
+        // Almost always one value: the rest only allocate when there are more.
+        let rest: Vec<HeaderValue> = values.collect();
+        for value in first.iter().chain(&rest) {
+            let Ok(list) = value.to_str() else { continue };
+            for name in list.split(',') {
+                let name = name.trim();
+                if !name.is_empty() {
+                    // An invalid name names no header: nothing to remove.
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    if headers.keys().any(is_fixed_hop_by_hop) {
+        for name in [TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
             headers.remove(name);
         }
-        headers.remove(CONNECTION);
+        for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
+            headers.remove(name);
+        }
     }
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION] {
-        headers.remove(name);
-    }
-    headers.remove(TE);
-    headers.remove(TRAILER);
-    headers.remove(TRANSFER_ENCODING);
-    headers.remove(UPGRADE);
+}
+
+/// The hop-by-hop headers removed whether or not `Connection` lists them.
+fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
+    name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
 }
 
 fn set_forwarded_for(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
-    let peer = peer.to_string();
+    let mut buf = [0u8; 15];
+    let peer_text;
+    let peer: &str = match peer {
+        IpAddr::V4(v4) => format_ipv4(v4, &mut buf),
+        IpAddr::V6(v6) => {
+            peer_text = v6.to_string();
+            &peer_text
+        }
+    };
     let value = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut chain = String::with_capacity(64);
         for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -153,12 +180,12 @@ fn set_forwarded_for(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
                 chain.push_str(", ");
             }
         }
-        chain.push_str(&peer);
-        chain
+        chain.push_str(peer);
+        HeaderValue::try_from(chain)
     } else {
-        peer
+        HeaderValue::from_str(peer)
     };
-    match HeaderValue::try_from(value) {
+    match value {
         Ok(v) => {
             headers.insert(X_FORWARDED_FOR.clone(), v);
         }
@@ -166,6 +193,30 @@ fn set_forwarded_for(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
             headers.remove(&X_FORWARDED_FOR);
         }
     }
+}
+
+/// Dotted-quad text of `ip` in `buf` (what `Display` prints, without the formatter: this
+/// runs once per proxied request).
+fn format_ipv4(ip: Ipv4Addr, buf: &mut [u8; 15]) -> &str {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    // Only ASCII digits and dots were written.
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
 }
 
 /// Case-insensitive membership in a comma-separated token list.
@@ -260,6 +311,42 @@ mod tests {
         assert!(h.get(TRANSFER_ENCODING).is_none());
         assert!(h.get(CONNECTION).is_none());
         assert_eq!(h[&X_REQUEST_ID], "rid");
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        let mut buf = [0u8; 15];
+        for ip in [
+            "0.0.0.0",
+            "10.0.0.7",
+            "127.0.0.1",
+            "255.255.255.255",
+            "1.20.100.9",
+        ] {
+            let parsed: Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(format_ipv4(parsed, &mut buf), ip);
+        }
+        let mut h = HeaderMap::new();
+        set_forwarded_for(&mut h, "::1".parse().unwrap(), false);
+        assert_eq!(h[&X_FORWARDED_FOR], "::1");
+    }
+
+    #[test]
+    fn every_connection_value_and_listed_name_is_removed() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("close, X-A"));
+        h.append(
+            CONNECTION,
+            HeaderValue::from_static(" x-b ,, bad name ,keep-alive"),
+        );
+        for name in ["x-a", "x-b", "keep-alive", "x-kept"] {
+            h.insert(name, HeaderValue::from_static("1"));
+        }
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]

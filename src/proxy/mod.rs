@@ -2,20 +2,27 @@
 //! server choice, connect retries, timeouts, WebSocket pass-through.
 
 pub mod body;
+mod client;
 pub mod headers;
+pub mod pool;
 pub mod upstream;
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::error::{GatewayBody, GatewayError};
+use client::{Failure, Limits, PooledBody};
 use headers::Forwarding;
+pub use pool::{set_worker_count, set_worker_index};
+use pool::{Sender, ServerPool};
 pub use upstream::Upstream;
 
 /// What a forwarded request produced, besides the response: which server answered.
@@ -25,6 +32,10 @@ pub struct Forwarded<'u> {
 }
 
 /// Sends `req` (whose path is already normalised into `path_and_query`) to `upstream`.
+///
+/// A request that never reached a server (connect failure) is retried on the next one, up
+/// to `retries` times, whatever its method: it comes back from the failed attempt unsent,
+/// headers and body included, so nothing is copied up front.
 pub async fn forward<'u>(
     upstream: &'u Upstream,
     mut req: Request<Incoming>,
@@ -36,7 +47,6 @@ pub async fn forward<'u>(
         req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let method = parts.method;
     let mut header_map = parts.headers;
     let had_framing =
         header_map.contains_key(CONTENT_LENGTH) || header_map.contains_key(TRANSFER_ENCODING);
@@ -44,133 +54,101 @@ pub async fn forward<'u>(
 
     body::check_declared_length(&body, body_limit)?;
     let settings = &upstream.settings;
-    // A buffered body can be replayed, so connect failures may be retried on another server.
-    let (buffered, mut streaming) = if settings.request_buffering {
+    let body = if settings.request_buffering {
         let buffered = body::buffer(body, body_limit).await?;
         if had_framing || !buffered.is_empty() {
             header_map.insert(CONTENT_LENGTH, HeaderValue::from(buffered.len()));
         }
-        (Some(buffered), None)
+        buffered.into_body().await?
     } else {
-        (None, Some(body::streaming(body, body_limit)))
+        body::streaming(body, body_limit)
     };
+    // Origin-form (`/path?query`): the connection already names the server.
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = Uri::from(path_and_query);
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = header_map;
 
-    let attempts = if buffered.is_some() {
-        1 + settings.retries as usize
-    } else {
-        1
+    let limits = Limits {
+        connect_timeout: settings.connect_timeout,
+        response_timeout: settings.response_timeout,
+        body_limit,
     };
+    let attempts = 1 + settings.retries as usize;
     let first = upstream.next_slot();
-    let mut last_error = None;
-    for attempt in 0..attempts {
+    let mut attempt = 0;
+    loop {
         let Some(server) = upstream.pick(first, attempt) else {
             return Err(GatewayError::NoHealthyServer(upstream.name().to_owned()));
         };
-        let body = match (&buffered, streaming.take()) {
-            (Some(b), _) => b.to_body().await?,
-            (None, Some(s)) => s,
-            (None, None) => break,
-        };
-        let last = attempt + 1 == attempts;
-        let headers = if last {
-            std::mem::take(&mut header_map)
-        } else {
-            header_map.clone()
-        };
-        let request = build_request(&method, server, &path_and_query, headers, body)?;
-        match send(
-            upstream,
-            request,
-            settings.response_timeout,
-            &server.label,
-            body_limit,
-        )
-        .await
-        {
-            Ok(mut response) => {
-                if let Some(client_upgrade) = client_upgrade {
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        splice_upgrade(client_upgrade, hyper::upgrade::on(&mut response));
-                    }
-                }
+        match client::send(server, request, &limits).await {
+            Ok((response, sender)) => {
                 return Ok(Forwarded {
-                    response: finish_response(response, websocket, fwd.request_id),
+                    response: finish_response(
+                        response,
+                        sender,
+                        &server.pool,
+                        client_upgrade,
+                        fwd.request_id,
+                    ),
                     server: &server.label,
                 });
             }
-            Err(e @ GatewayError::UpstreamConnect { .. }) if !last => {
-                tracing::warn!(upstream = upstream.name(), error = %e, "retrying on another server");
-                last_error = Some(e);
+            Err(Failure {
+                error,
+                unsent: Some(unsent),
+            }) if attempt + 1 < attempts => {
+                tracing::warn!(upstream = upstream.name(), error = %error, "retrying on another server");
+                request = unsent;
+                attempt += 1;
             }
-            Err(e) => return Err(e),
+            Err(failure) => return Err(failure.error),
         }
     }
-    Err(last_error.unwrap_or_else(|| GatewayError::NoHealthyServer(upstream.name().to_owned())))
 }
 
-fn build_request(
-    method: &http::Method,
-    server: &upstream::Server,
-    path_and_query: &PathAndQuery,
-    headers: HeaderMap,
-    body: GatewayBody,
-) -> Result<Request<GatewayBody>, GatewayError> {
-    let uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(server.authority.clone())
-        .path_and_query(path_and_query.clone())
-        .build()
-        .map_err(|e| GatewayError::Internal(format!("upstream uri: {e}")))?;
-    let mut request = Request::new(body);
-    *request.method_mut() = method.clone();
-    *request.uri_mut() = uri;
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = headers;
-    Ok(request)
-}
-
-async fn send(
-    upstream: &Upstream,
-    request: Request<GatewayBody>,
-    timeout: Duration,
-    server: &str,
-    body_limit: u64,
-) -> Result<Response<Incoming>, GatewayError> {
-    match tokio::time::timeout(timeout, upstream.client.request(request)).await {
-        Ok(Ok(response)) => Ok(response),
-        Ok(Err(e)) if body::is_length_limit_error(&e) => {
-            Err(GatewayError::BodyTooLarge(body_limit))
-        }
-        Ok(Err(e)) if e.is_connect() => Err(GatewayError::UpstreamConnect {
-            server: server.to_owned(),
-            source: e.into(),
-        }),
-        Ok(Err(e)) => Err(GatewayError::UpstreamFailed {
-            server: server.to_owned(),
-            source: e.into(),
-        }),
-        Err(_) => Err(GatewayError::UpstreamTimeout {
-            server: server.to_owned(),
-            timeout,
-        }),
-    }
-}
-
+/// Turns the upstream's response into the client's, and decides the connection's fate:
+/// back to the pool when the body ends, into the WebSocket splice on `101`.
 fn finish_response(
-    response: Response<Incoming>,
-    websocket: bool,
+    mut response: Response<Incoming>,
+    sender: Sender,
+    pool: &Arc<ServerPool>,
+    client_upgrade: Option<OnUpgrade>,
     request_id: &HeaderValue,
 ) -> Response<GatewayBody> {
-    let (mut parts, body) = response.into_parts();
-    let switching = websocket && parts.status == StatusCode::SWITCHING_PROTOCOLS;
-    headers::prepare_response(&mut parts.headers, switching, request_id);
-    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if let (true, Some(client)) = (switching, client_upgrade) {
+        let upstream = hyper::upgrade::on(&mut response);
+        splice_upgrade(client, upstream, sender);
+        // The body of a 101 is empty; the connection now belongs to the splice.
+        let (mut parts, _) = response.into_parts();
+        headers::prepare_response(&mut parts.headers, true, request_id);
+        return Response::from_parts(parts, body::empty_body());
+    }
+    let (mut parts, incoming) = response.into_parts();
+    headers::prepare_response(&mut parts.headers, false, request_id);
+    let body = if switching {
+        // An upgrade nobody asked for: the connection cannot be reused.
+        drop(sender);
+        incoming.map_err(Into::into).boxed_unsync()
+    } else if incoming.is_end_stream() {
+        // No body (HEAD, 204, 304, `Content-Length: 0`): the connection is free already.
+        client::release_with(pool, sender);
+        body::empty_body()
+    } else {
+        PooledBody::new(incoming, sender, Arc::clone(pool)).boxed_unsync()
+    };
+    Response::from_parts(parts, body)
 }
 
 /// Joins the client's and the upstream's upgraded connections once both sides switched.
-fn splice_upgrade(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// `sender` keeps the upstream connection's request side open until hyper hands it over.
+fn splice_upgrade(client: OnUpgrade, upstream: OnUpgrade, sender: Sender) {
     tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
+        let joined = tokio::try_join!(client, upstream);
+        drop(sender);
+        let (client, upstream) = match joined {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, "websocket upgrade failed");

@@ -1,25 +1,22 @@
-//! Runtime state of one upstream: its servers, the pooled keep-alive HTTP/1.1 client that
-//! talks to them, and server choice (plain weighted round-robin until the balancer issue).
+//! Runtime state of one upstream: its servers (each with its pool of keep-alive HTTP/1.1
+//! connections) and server choice (plain weighted round-robin until the balancer issue).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-use http::uri::Authority;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::sync::Arc;
 
 use crate::config::UpstreamSettings;
-use crate::error::GatewayBody;
 
-pub type UpstreamClient = Client<HttpConnector, GatewayBody>;
+use super::pool::ServerPool;
 
 /// One server of an upstream, as requests address it.
-#[derive(Debug)]
 pub struct Server {
     /// `host:port` as configured: the label in logs and metrics.
     pub label: String,
-    /// The resolved socket address as a URI authority (what the client connects to).
-    pub authority: Authority,
+    /// The address resolved at load time: what connections go to.
+    pub addr: SocketAddr,
+    /// Idle connections to this server (shared with response bodies that hand theirs back).
+    pub pool: Arc<ServerPool>,
 }
 
 pub struct Upstream {
@@ -28,7 +25,6 @@ pub struct Upstream {
     /// Server indices, each repeated `weight` times, interleaved.
     schedule: Vec<usize>,
     next: AtomicUsize,
-    pub client: UpstreamClient,
 }
 
 impl Upstream {
@@ -38,30 +34,16 @@ impl Upstream {
             .iter()
             .map(|s| Server {
                 label: s.address.clone(),
-                authority: Authority::try_from(s.socket_addr.to_string())
-                    .unwrap_or_else(|_| Authority::from_static("0.0.0.0:0")),
+                addr: s.socket_addr,
+                pool: Arc::new(ServerPool::new(&settings.pool)),
             })
             .collect();
         let schedule = interleaved_schedule(settings.servers.iter().map(|s| s.weight));
-
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(settings.pool.max_idle_per_server)
-            .pool_idle_timeout(settings.pool.idle_timeout)
-            .retry_canceled_requests(true)
-            .set_host(false)
-            .build(connector);
         Upstream {
             settings,
             servers,
             schedule,
             next: AtomicUsize::new(0),
-            client,
         }
     }
 
