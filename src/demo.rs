@@ -36,34 +36,10 @@ pub fn run(port: Option<u16>) -> anyhow::Result<ExitCode> {
         format: config::LogFormat::Text,
         access_log: true,
     });
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // The same shape as `gateway run`: the main runtime plus one per further core.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut handles = vec![runtime.handle().clone()];
-    let mut joins = Vec::new();
-    for index in 1..threads {
-        let worker = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting a worker runtime")?;
-        handles.push(worker.handle().clone());
-        let stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("gateway-worker-{index}"))
-            .spawn(move || worker.block_on(stop.cancelled()))
-            .context("starting a worker thread")?;
-        joins.push(thread);
-    }
-    let result = runtime.block_on(demo(port, &handles));
-    stop.cancel();
-    for thread in joins {
-        let _ = thread.join();
-    }
-    result
+    // The same shape as `gateway run`: one single-threaded runtime per core.
+    let workers = gateway::workers::Workers::start(gateway::workers::count(0))
+        .context("starting worker threads")?;
+    workers.run(|handles| async move { demo(port, &handles).await })
 }
 
 async fn demo(port: Option<u16>, handles: &[tokio::runtime::Handle]) -> anyhow::Result<ExitCode> {

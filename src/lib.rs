@@ -31,3 +31,4 @@ pub mod reload;
 pub mod router;
 pub mod server;
 pub mod static_files;
+pub mod workers;

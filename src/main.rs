@@ -195,39 +195,11 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     gateway::observability::init(&settings.logging);
-    let workers = match settings.server.worker_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    // Thread per core, as nginx runs a worker process per core: each worker is a
-    // single-threaded runtime with its own accept loops, so a connection and everything it
-    // does stays on one thread, with no work-stealing synchronisation on every wake-up.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut handles = vec![runtime.handle().clone()];
-    let mut threads = Vec::new();
-    for index in 1..workers {
-        let worker = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting a worker runtime")?;
-        handles.push(worker.handle().clone());
-        let stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("gateway-worker-{index}"))
-            .spawn(move || worker.block_on(stop.cancelled()))
-            .context("starting a worker thread")?;
-        threads.push(thread);
-    }
-    let result = runtime.block_on(serve(path.to_owned(), settings, &handles));
-    stop.cancel();
-    for thread in threads {
-        let _ = thread.join();
-    }
-    result
+    let workers =
+        gateway::workers::Workers::start(gateway::workers::count(settings.server.worker_threads))
+            .context("starting worker threads")?;
+    let path = path.to_owned();
+    workers.run(|handles| async move { serve(path, settings, &handles).await })
 }
 
 async fn serve(
