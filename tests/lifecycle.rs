@@ -454,3 +454,51 @@ routes:
     assert!(bad_upstream.contains("line 12"), "{bad_upstream}");
     assert!(bad_upstream.contains("nope"), "{bad_upstream}");
 }
+
+/// One JSON access-log line per request, written when the response is done, with the fields
+/// the core issue names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_json_line_per_request() {
+    let up = named_upstream("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("gateway.yaml");
+    let routes = "  - name: main\n    match: { path_prefix: / }\n    upstream: app";
+    let yaml = binary_yaml(port, &[("app", up.addr)], routes).replace(
+        "  level: warn\n  access_log: false",
+        "  level: info\n  format: json\n  access_log: true",
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let mut gw = Running::start(&config);
+    wait_ready(&mut gw, &format!("http://127.0.0.1:{port}/ready-probe")).await;
+    let res = client()
+        .get(format!("http://127.0.0.1:{port}/logged?q=1"))
+        .header("X-Request-Id", "log-test-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.unwrap();
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
+
+    let stderr = gw.stderr();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "gateway::access" && v["request_id"] == "log-test-1")
+        .collect();
+    assert_eq!(lines.len(), 1, "exactly one access line; stderr:\n{stderr}");
+    let line = &lines[0];
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["path"], "/logged");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["route"], "main");
+    assert_eq!(line["upstream"], up.addr.to_string());
+    assert_eq!(line["bytes"], body.len());
+    assert_eq!(line["client"], "127.0.0.1");
+    assert!(
+        line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
+        "{line}"
+    );
+}
