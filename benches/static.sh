@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Benchmark: static files, gateway vs nginx (sendfile, gzip_static, open_file_cache) serving the
+# same folder, and vs WhiteNoise under Gunicorn (the setup the gateway replaces). One run,
+# alternating gateway / nginx / whitenoise per round; medians of req/s and p99.
+#
+#   benches/static.sh                          # DURATION=8s ROUNDS=3 WORKERS=1
+#   SKIP_BUILD=1 SKIP_WHITENOISE=1 benches/static.sh
+#
+# Traffic goes to 127.0.0.1 only. Needs nginx, wrk, python3, curl (installed when missing), and
+# for the WhiteNoise leg: pip install -r tests/django_app/requirements.txt.
+set -euo pipefail
+DURATION="${DURATION:-8s}"; ROUNDS="${ROUNDS:-3}"; CONNS="${CONNS:-64}"; WORKERS="${WORKERS:-1}"
+SKIP_WHITENOISE="${SKIP_WHITENOISE:-0}"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="${GATEWAY_BIN:-$ROOT/target/release/gateway}"
+for tool in nginx wrk python3 curl; do
+  if ! command -v "$tool" >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq nginx-light wrk python3 curl >/dev/null
+    break
+  fi
+done
+[[ "${SKIP_BUILD:-0}" == 1 ]] || (cd "$ROOT" && cargo build --release --quiet)
+
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/gateway-static-bench.XXXXXX")"; chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+GW=$(free_port); NX=$(free_port); WN=$(free_port); DUMMY=$(free_port)
+
+# The folder: a 1 KiB and a 100 KiB hashed stylesheet with .gz siblings, as collectstatic +
+# WhiteNoise would write them.
+mkdir -p "$TMP/static"
+python3 - "$TMP/static" <<'PY'
+import gzip, random, sys
+root = sys.argv[1]
+random.seed(7)
+words = ["body", "margin", "padding", "color", "display", "flex", "grid", "border", "font"]
+for name, size in (("small.3f2a9c1b7e4d.css", 1024), ("large.9c1b7e4d3f2a.css", 100 * 1024)):
+    text = ""
+    while len(text) < size:
+        text += f".c{random.randint(0, 99999)} {{ {random.choice(words)}: {random.randint(0, 999)}px; }}\n"
+    data = text[:size].encode()
+    open(f"{root}/{name}", "wb").write(data)
+    open(f"{root}/{name}.gz", "wb").write(gzip.compress(data, 9))
+PY
+chmod -R a+rX "$TMP/static"
+
+cat >"$TMP/gateway.yaml" <<YAML
+server: { worker_threads: $WORKERS }
+listeners: [{ name: http, bind: "127.0.0.1:$GW" }]
+upstreams:
+  app: { servers: ["127.0.0.1:$DUMMY"] }
+routes:
+  - match: { path_prefix: /static/ }
+    static: { root: static, precompressed: [br, gzip], immutable_hashed: true }
+  - { match: { path_prefix: / }, upstream: app }
+logging: { level: warn, access_log: false }
+YAML
+"$BIN" run -c "$TMP/gateway.yaml" >"$TMP/gateway.log" 2>&1 & PIDS+=($!)
+
+mkdir -p "$TMP/nginx/logs"
+NGINX_USER=""; [[ $EUID -eq 0 ]] && NGINX_USER="user nobody nogroup;"
+cat >"$TMP/nginx/nginx.conf" <<NGINX
+worker_processes $WORKERS; daemon off; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/logs/error.log;
+$NGINX_USER
+events { worker_connections 4096; }
+http {
+  access_log off; keepalive_requests 100000000; sendfile on; tcp_nopush on;
+  open_file_cache max=1000 inactive=60s; open_file_cache_valid 1s;
+  include /etc/nginx/mime.types;
+  server {
+    listen 127.0.0.1:$NX backlog=4096;
+    location /static/ {
+      alias $TMP/static/; gzip_static on; etag on;
+      add_header Cache-Control "public, max-age=31536000, immutable";
+    }
+  }
+}
+NGINX
+nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" & PIDS+=($!)
+
+TARGETS=(gateway nginx)
+if [[ "$SKIP_WHITENOISE" != 1 ]] && python3 -c "import whitenoise, django, gunicorn" 2>/dev/null; then
+  # WhiteNoise serving the same folder through Gunicorn, $WORKERS sync workers.
+  mkdir -p "$TMP/wn"
+  cat >"$TMP/wn/wnapp.py" <<PY
+from whitenoise import WhiteNoise
+def app(environ, start_response):
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"not found"]
+application = WhiteNoise(app, root="$TMP/static", prefix="static/", max_age=31536000)
+PY
+  (cd "$TMP/wn" && exec python3 -m gunicorn -w "$WORKERS" -b "127.0.0.1:$WN" --log-level warning wnapp:application) &
+  PIDS+=($!)
+  TARGETS+=(whitenoise)
+fi
+
+port_of() { case "$1" in gateway) echo "$GW";; nginx) echo "$NX";; whitenoise) echo "$WN";; esac; }
+for t in "${TARGETS[@]}"; do
+  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$(port_of "$t")/static/small.3f2a9c1b7e4d.css" >/dev/null && break; sleep 0.1; done
+  curl -fs "http://127.0.0.1:$(port_of "$t")/static/small.3f2a9c1b7e4d.css" >/dev/null || { echo "$t is not serving"; exit 1; }
+done
+
+RESULTS="$TMP/results.tsv"; : >"$RESULTS"
+for file in small.3f2a9c1b7e4d.css large.9c1b7e4d3f2a.css; do
+  for t in "${TARGETS[@]}"; do
+    wrk -t1 -c"$CONNS" -d2s -H "Accept-Encoding: gzip" "http://127.0.0.1:$(port_of "$t")/static/$file" >/dev/null
+  done
+  for i in $(seq 1 "$ROUNDS"); do
+    for t in "${TARGETS[@]}"; do
+      out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency -H "Accept-Encoding: gzip" "http://127.0.0.1:$(port_of "$t")/static/$file")
+      if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx from $t on $file" >&2; exit 1; fi
+      rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
+      p99=$(awk '$1=="99%"{print $2}' <<<"$out")
+      echo "[static-bench] $file $t round $i: $rps req/s p99 $p99" >&2
+      printf '%s\t%s\t%s\t%s\n' "$file" "$t" "$rps" "$p99" >>"$RESULTS"
+    done
+  done
+done
+
+python3 - "$RESULTS" "$DURATION" "$ROUNDS" "$CONNS" "$WORKERS" <<'PY'
+import collections, statistics, sys
+def ms(v):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(unit):
+            return float(v[: -len(unit)]) * f
+    return float(v)
+rows = collections.defaultdict(lambda: ([], []))
+for line in open(sys.argv[1]):
+    f, t, rps, p99 = line.split()
+    rows[(f, t)][0].append(float(rps)); rows[(f, t)][1].append(ms(p99))
+print(f"\nStatic files (wrk -t1 -c{sys.argv[4]} -d{sys.argv[2]} --latency, Accept-Encoding: gzip, "
+      f"median of {sys.argv[3]} alternating rounds, {sys.argv[5]} worker(s) each)\n")
+print("| file | server | req/s | p99 ms | req/s vs nginx |\n|---|---|---:|---:|---:|")
+for f in sorted({k[0] for k in rows}, reverse=True):
+    nginx = statistics.median(rows[(f, "nginx")][0])
+    for t in ("gateway", "nginx", "whitenoise"):
+        if (f, t) in rows:
+            rps = statistics.median(rows[(f, t)][0]); p99 = statistics.median(rows[(f, t)][1])
+            print(f"| {f.split('.')[0]} | {t} | {rps:.0f} | {p99:.2f} | {rps / nginx:.2f} |")
+PY
