@@ -52,8 +52,9 @@ pub struct State {
     pub rate_limits: Vec<Option<RouteLimiter>>,
     /// Metric handles for these routes, upstreams and policies (series outlive reloads).
     pub metrics: StateMetrics,
-    /// Ends this state's background tasks (JWKS refreshers); a child of the gateway's
-    /// shutdown token, cancelled by [`State::retire`] or when the state is dropped.
+    /// Ends this state's background tasks (JWKS refreshers, upstream health checks); a child
+    /// of the gateway's shutdown token, cancelled by [`State::retire`] or when the state is
+    /// dropped.
     tasks: CancellationToken,
 }
 
@@ -71,14 +72,19 @@ impl State {
         for policy in &jwt_policies {
             policy.spawn_refresh(tasks.clone());
         }
+        let state_metrics = StateMetrics::build(metrics, &settings);
+        let upstreams: Vec<Upstream> = settings
+            .upstreams
+            .iter()
+            .enumerate()
+            .map(|(i, u)| Upstream::new(u.clone(), state_metrics.upstreams.get(i)))
+            .collect();
+        for upstream in &upstreams {
+            crate::proxy::health::spawn_checks(upstream, &tasks);
+        }
         Ok(State {
             router: Router::new(&settings.routes),
-            upstreams: settings
-                .upstreams
-                .iter()
-                .cloned()
-                .map(Upstream::new)
-                .collect(),
+            upstreams,
             jwt_policies,
             static_sites: settings
                 .routes
@@ -95,7 +101,7 @@ impl State {
                 .iter()
                 .map(|route| route.rate_limit.as_ref().map(RouteLimiter::new))
                 .collect(),
-            metrics: StateMetrics::build(metrics, &settings),
+            metrics: state_metrics,
             tasks,
             settings,
         })
@@ -285,10 +291,23 @@ async fn route_and_forward(
                 host: host.as_ref(),
                 request_id,
             };
+            let hash = upstream.request_hash(&KeyInput {
+                peer: conn.peer.ip(),
+                peer_trusted: conn.peer_trusted,
+                trusted_proxies: &state.settings.server.trusted_proxies,
+                headers: req.headers(),
+                claims: verified.as_ref().map(|v| &*v.claims),
+            });
             let sent = Instant::now();
-            let result =
-                crate::proxy::forward(upstream, req, path_and_query, &fwd, route.max_body_bytes)
-                    .await;
+            let result = crate::proxy::forward(
+                upstream,
+                req,
+                path_and_query,
+                &fwd,
+                route.max_body_bytes,
+                hash,
+            )
+            .await;
             if let Some(m) = state.metrics.upstreams.get(index) {
                 m.finished(sent.elapsed(), &result);
             }

@@ -78,7 +78,6 @@ impl Gateway {
         settings: Settings,
         workers: &[tokio::runtime::Handle],
     ) -> Result<Gateway, StartError> {
-        warn_unbuilt(&settings);
         let settings = Arc::new(settings);
         let stopped = CancellationToken::new();
         let shutdown = stopped.child_token();
@@ -270,33 +269,5 @@ impl Gateway {
         self.admin_tasks.close();
         let _ = tokio::time::timeout(ADMIN_STOP_GRACE, self.admin_tasks.wait()).await;
         drained
-    }
-}
-
-/// Upstream keys that are validated but not acted on yet (issue 4) are reported loudly, so an
-/// operator never believes health checks run when they do not.
-fn warn_unbuilt(settings: &Settings) {
-    use crate::config::Balance;
-    for upstream in &settings.upstreams {
-        let mut unbuilt = Vec::new();
-        if upstream.balance != Balance::RoundRobin {
-            unbuilt.push("balance (round_robin is used)");
-        }
-        if upstream.health_check.is_some() {
-            unbuilt.push("health_check");
-        }
-        if upstream.passive.is_some() {
-            unbuilt.push("passive");
-        }
-        if upstream.max_connections > 0 {
-            unbuilt.push("max_connections");
-        }
-        if !unbuilt.is_empty() {
-            tracing::warn!(
-                upstream = %upstream.name,
-                keys = %unbuilt.join(", "),
-                "upstream keys not implemented in this build yet; ignored"
-            );
-        }
     }
 }

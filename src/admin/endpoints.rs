@@ -51,29 +51,41 @@ pub fn ready(draining: &CancellationToken) -> Response<GatewayBody> {
 /// `{"upstreams": {"app": {"servers": [{"address": ..., "healthy": ..., ...}]}}}`
 pub fn upstreams(state: &State) -> Response<GatewayBody> {
     let mut upstreams = Map::new();
-    for (settings, metrics) in state
+    for ((settings, metrics), upstream) in state
         .settings
         .upstreams
         .iter()
         .zip(&state.metrics.upstreams)
+        .zip(&state.upstreams)
     {
         let servers: Vec<Value> = settings
             .servers
             .iter()
             .zip(&metrics.servers)
-            .map(|(server, m)| {
+            .zip(&upstream.servers)
+            .map(|((server, m), live)| {
                 json!({
                     "address": server.address,
                     "weight": server.weight,
                     "healthy": m.healthy(),
                     "ejected": m.ejected(),
+                    "ejections": live.state.ejections_total(),
                     "in_flight": m.in_flight.get().max(0),
                     "requests": m.requests.get(),
                     "failures": m.failures.get(),
                 })
             })
             .collect();
-        upstreams.insert(settings.name.clone(), json!({ "servers": servers }));
+        let balance = match settings.balance {
+            crate::config::Balance::RoundRobin => "round_robin",
+            crate::config::Balance::LeastConn => "least_conn",
+            crate::config::Balance::P2c => "p2c",
+            crate::config::Balance::ConsistentHash => "consistent_hash",
+        };
+        upstreams.insert(
+            settings.name.clone(),
+            json!({ "balance": balance, "servers": servers }),
+        );
     }
     json_response(StatusCode::OK, &json!({ "upstreams": upstreams }))
 }

@@ -108,17 +108,16 @@ impl StateMetrics {
         }
     }
 
-    /// `gateway_retries_total{upstream}`: for the proxy when it retries on another server.
-    /// TODO(proxy): call from `proxy::forward`'s retry branch (it has the upstream index
-    /// via the route; or hand it `&UpstreamMetrics`).
+    /// `gateway_retries_total{upstream}` (the proxy counts through its own clone of the
+    /// counter, `Upstream::count_retry`).
     pub fn retry(&self, upstream: usize) {
         if let Some(u) = self.upstreams.get(upstream) {
             u.retries.inc();
         }
     }
 
-    /// The source of truth for a server's health (`/upstreams` and
-    /// `gateway_upstream_server_healthy`): health checks call this.
+    /// Sets `gateway_upstream_server_healthy` (the proxy's server state does this on every
+    /// health transition; it also carries health across reloads).
     pub fn set_server_health(&self, upstream: usize, server: usize, healthy: bool) {
         if let Some(s) = self
             .upstreams
@@ -222,11 +221,15 @@ impl UpstreamMetrics {
     }
 
     /// A forward finished (response head received, or failed at a server): its latency and
-    /// the answering server's counts. Failures the client caused (body too large) or that
+    /// the answering server's counts (a 5xx answer counts as a failure, as it does for
+    /// passive ejection). Failures the client caused (body too large) or that
     /// reached no server are not the upstream's and are not counted here.
     pub fn finished(&self, elapsed: Duration, result: &Result<Forwarded<'_>, GatewayError>) {
         let (server, failed) = match result {
-            Ok(forwarded) => (forwarded.server, false),
+            Ok(forwarded) => (
+                forwarded.server,
+                forwarded.response.status().is_server_error(),
+            ),
             Err(
                 GatewayError::UpstreamConnect { server, .. }
                 | GatewayError::UpstreamTimeout { server, .. }
@@ -245,11 +248,13 @@ impl UpstreamMetrics {
 }
 
 /// One upstream server: what `/upstreams` shows and the `gateway_upstream_server_*` series.
+/// Clones share the series (the proxy's server state keeps one).
+#[derive(Clone)]
 pub struct ServerMetrics {
     pub address: Arc<str>,
     healthy: Gauge,
     ejected: Gauge,
-    /// TODO(proxy): inc/dec around a request once the proxy tracks in-flight per server.
+    /// Raised and lowered by the proxy around each request (until its body ends).
     pub in_flight: Gauge,
     pub requests: Counter,
     pub failures: Counter,
@@ -274,6 +279,20 @@ impl ServerMetrics {
             failures: metrics.server_failures.get_or_create_owned(&labels),
             address: labels.server,
             healthy,
+        }
+    }
+
+    /// Handles registered nowhere (unit tests, servers without metrics).
+    pub fn detached(address: &str) -> Self {
+        let healthy = Gauge::default();
+        healthy.set(1);
+        ServerMetrics {
+            address: Arc::from(address),
+            healthy,
+            ejected: Gauge::default(),
+            in_flight: Gauge::default(),
+            requests: Counter::default(),
+            failures: Counter::default(),
         }
     }
 

@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 
 use super::body::is_length_limit_error;
 use super::pool::{Sender, ServerPool};
+use super::server_state::InFlight;
 use super::upstream::Server;
 use crate::error::{BoxError, GatewayBody, GatewayError};
 
@@ -156,16 +157,24 @@ pub fn release_with(pool: &Arc<ServerPool>, mut sender: Sender) {
 /// An upstream response body that gives its connection back to the pool when it reaches
 /// its end. Dropped early, it drops the connection too (hyper then closes it: the rest of
 /// the body would have to be read first).
+/// It also keeps its request counted in flight at the server until it is dropped.
 pub struct PooledBody {
     inner: Incoming,
     conn: Option<(Sender, Arc<ServerPool>)>,
+    _in_flight: InFlight,
 }
 
 impl PooledBody {
-    pub fn new(inner: Incoming, sender: Sender, pool: Arc<ServerPool>) -> Self {
+    pub fn new(
+        inner: Incoming,
+        sender: Sender,
+        pool: Arc<ServerPool>,
+        in_flight: InFlight,
+    ) -> Self {
         PooledBody {
             inner,
             conn: Some((sender, pool)),
+            _in_flight: in_flight,
         }
     }
 
@@ -246,6 +255,13 @@ mod tests {
             label: addr.to_string(),
             addr,
             pool: Arc::new(ServerPool::new(&settings)),
+            state: Arc::new(super::super::server_state::ServerState::new(
+                "app",
+                &addr.to_string(),
+                None,
+                true,
+                crate::metrics::ServerMetrics::detached(&addr.to_string()),
+            )),
         }
     }
 

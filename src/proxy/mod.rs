@@ -1,13 +1,20 @@
 //! Forwarding a routed request to an upstream: body buffering or streaming, header rules,
-//! server choice, connect retries, timeouts, WebSocket pass-through.
+//! server choice (`balance`), retries within a budget, timeouts, WebSocket pass-through.
+//! Each exchange's outcome feeds its server's passive ejection (`server_state`); active
+//! health checks run beside the request path (`health`).
 
+mod balance;
 pub mod body;
 mod client;
 pub mod headers;
+pub mod health;
 pub mod pool;
+mod retry_budget;
+mod server_state;
 pub mod upstream;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
@@ -23,7 +30,14 @@ use client::{Failure, Limits, PooledBody};
 use headers::Forwarding;
 pub use pool::{set_worker_count, set_worker_index};
 use pool::{Sender, ServerPool};
+use server_state::InFlight;
+use upstream::NoServer;
 pub use upstream::Upstream;
+
+/// How long a request may wait for a server under its `max_connections` cap.
+const CAP_WAIT: Duration = Duration::from_millis(100);
+/// How often a waiting request looks for a free server again.
+const CAP_POLL: Duration = Duration::from_millis(5);
 
 /// What a forwarded request produced, besides the response: which server answered.
 pub struct Forwarded<'u> {
@@ -31,17 +45,24 @@ pub struct Forwarded<'u> {
     pub server: &'u str,
 }
 
-/// Sends `req` (whose path is already normalised into `path_and_query`) to `upstream`.
+/// Sends `req` (whose path is already normalised into `path_and_query`) to `upstream`;
+/// `hash` is the request's `consistent_hash` key (see [`Upstream::request_hash`]).
 ///
-/// A request that never reached a server (connect failure) is retried on the next one, up
+/// A request that never reached a server (connect failure) is retried on another one, up
 /// to `retries` times, whatever its method: it comes back from the failed attempt unsent,
-/// headers and body included, so nothing is copied up front.
+/// headers and body included, so nothing is copied up front. An idempotent request whose
+/// body was buffered in memory is also retried after a reset before the response head (from
+/// a copy kept for that); never once the response started. With no usable server (all
+/// unhealthy or ejected) the answer is 503 at once; with every usable server at its
+/// `max_connections` cap, after a wait of at most [`CAP_WAIT`]. Retries also stay within the
+/// upstream's retry budget (20% of its requests).
 pub async fn forward<'u>(
     upstream: &'u Upstream,
     mut req: Request<Incoming>,
     path_and_query: PathAndQuery,
     fwd: &Forwarding<'_>,
     body_limit: u64,
+    hash: Option<u64>,
 ) -> Result<Forwarded<'u>, GatewayError> {
     let websocket =
         req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers());
@@ -54,21 +75,27 @@ pub async fn forward<'u>(
 
     body::check_declared_length(&body, body_limit)?;
     let settings = &upstream.settings;
+    let mut replay = None;
     let body = if settings.request_buffering {
         let buffered = body::buffer(body, body_limit).await?;
         if had_framing || !buffered.is_empty() {
             header_map.insert(CONTENT_LENGTH, HeaderValue::from(buffered.len()));
+        }
+        let bytes = match &buffered {
+            body::Buffered::Empty => Some(bytes::Bytes::new()),
+            body::Buffered::Memory(b) => Some(b.clone()),
+            body::Buffered::File { .. } => None,
+        };
+        if let (true, false, Some(bytes)) = (is_idempotent(&parts.method), websocket, bytes) {
+            replay = Some((parts.method.clone(), header_map.clone(), bytes));
         }
         buffered.into_body().await?
     } else {
         body::streaming(body, body_limit)
     };
     // Origin-form (`/path?query`): the connection already names the server.
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method;
-    *request.uri_mut() = Uri::from(path_and_query);
-    *request.version_mut() = Version::HTTP_11;
-    *request.headers_mut() = header_map;
+    let uri = Uri::from(path_and_query);
+    let mut request = build_request(parts.method, uri.clone(), header_map, body);
 
     let limits = Limits {
         connect_timeout: settings.connect_timeout,
@@ -76,14 +103,31 @@ pub async fn forward<'u>(
         body_limit,
     };
     let attempts = 1 + settings.retries as usize;
-    let first = upstream.next_slot();
-    let mut attempt = 0;
+    upstream.record_request();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_error = None;
     loop {
-        let Some(server) = upstream.pick(first, attempt) else {
-            return Err(GatewayError::NoHealthyServer(upstream.name().to_owned()));
+        let index = match choose(upstream, hash, &tried).await {
+            Ok(index) => index,
+            // Nothing usable (or, after a failure, nothing else to try).
+            Err(_) => {
+                return Err(last_error
+                    .unwrap_or_else(|| GatewayError::NoHealthyServer(upstream.name().to_owned())))
+            }
         };
+        let server = &upstream.servers[index];
+        let in_flight = InFlight::new(&server.state);
+        let started = Instant::now();
         match client::send(server, request, &limits).await {
             Ok((response, sender)) => {
+                if upstream.tracks_latency() {
+                    server.state.observe_latency(started.elapsed());
+                }
+                if response.status().is_server_error() {
+                    server.state.record_failure();
+                } else {
+                    server.state.record_success();
+                }
                 return Ok(Forwarded {
                     response: finish_response(
                         response,
@@ -91,21 +135,95 @@ pub async fn forward<'u>(
                         &server.pool,
                         client_upgrade,
                         fwd.request_id,
+                        in_flight,
                     ),
                     server: &server.label,
                 });
             }
-            Err(Failure {
-                error,
-                unsent: Some(unsent),
-            }) if attempt + 1 < attempts => {
-                tracing::warn!(upstream = upstream.name(), error = %error, "retrying on another server");
-                request = unsent;
-                attempt += 1;
+            Err(Failure { error, unsent }) => {
+                if is_server_failure(&error) {
+                    server.state.record_failure();
+                }
+                // A reset before the response head: an idempotent request with its body in
+                // memory is sent again from its copy.
+                let reset = matches!(error, GatewayError::UpstreamFailed { .. });
+                let unsent = unsent.or_else(|| {
+                    let (method, headers, bytes) = replay.as_ref().filter(|_| reset)?;
+                    let body = crate::error::full_body(bytes.clone());
+                    Some(build_request(
+                        method.clone(),
+                        uri.clone(),
+                        headers.clone(),
+                        body,
+                    ))
+                });
+                match unsent {
+                    Some(unsent) if tried.len() + 1 < attempts && upstream.try_retry() => {
+                        tracing::warn!(upstream = upstream.name(), error = %error, "retrying on another server");
+                        request = unsent;
+                        tried.push(index);
+                        last_error = Some(error);
+                    }
+                    _ => return Err(error),
+                }
             }
-            Err(failure) => return Err(failure.error),
         }
     }
+}
+
+fn build_request(
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    body: GatewayBody,
+) -> Request<GatewayBody> {
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    request
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+/// A server for the next attempt; waits briefly while every usable server is at its cap.
+async fn choose(
+    upstream: &Upstream,
+    hash: Option<u64>,
+    tried: &[usize],
+) -> Result<usize, NoServer> {
+    let deadline = Instant::now() + CAP_WAIT;
+    loop {
+        match upstream.choose(hash, tried) {
+            Err(NoServer::AtCapacity) if Instant::now() < deadline => {
+                tokio::time::sleep(CAP_POLL).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Failures that count against a server for passive ejection (not the client's own).
+fn is_server_failure(error: &GatewayError) -> bool {
+    matches!(
+        error,
+        GatewayError::UpstreamConnect { .. }
+            | GatewayError::UpstreamFailed { .. }
+            | GatewayError::UpstreamTimeout { .. }
+    )
 }
 
 /// Turns the upstream's response into the client's, and decides the connection's fate:
@@ -116,6 +234,7 @@ fn finish_response(
     pool: &Arc<ServerPool>,
     client_upgrade: Option<OnUpgrade>,
     request_id: &HeaderValue,
+    in_flight: InFlight,
 ) -> Response<GatewayBody> {
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client)) = (switching, client_upgrade) {
@@ -137,7 +256,7 @@ fn finish_response(
         client::release_with(pool, sender);
         body::empty_body()
     } else {
-        PooledBody::new(incoming, sender, Arc::clone(pool)).boxed_unsync()
+        PooledBody::new(incoming, sender, Arc::clone(pool), in_flight).boxed_unsync()
     };
     Response::from_parts(parts, body)
 }

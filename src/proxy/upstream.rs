@@ -1,13 +1,19 @@
 //! Runtime state of one upstream: its servers (each with its pool of keep-alive HTTP/1.1
-//! connections) and server choice (plain weighted round-robin until the balancer issue).
+//! connections and its live state: in-flight, health, ejection) and server choice.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::UpstreamSettings;
+use prometheus_client::metrics::counter::Counter;
 
+use crate::config::{Balance, KeySource, UpstreamSettings};
+use crate::metrics::{ServerMetrics, UpstreamMetrics};
+use crate::policy::client_key::{key_material, KeyInput, KeyMaterial};
+
+use super::balance::{hash_bytes, Balancer};
 use super::pool::ServerPool;
+use super::retry_budget::RetryBudget;
+use super::server_state::{now_ms, ServerState};
 
 /// One server of an upstream, as requests address it.
 pub struct Server {
@@ -17,33 +23,67 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Idle connections to this server (shared with response bodies that hand theirs back).
     pub pool: Arc<ServerPool>,
+    /// In-flight count, health and ejection (shared with bodies and the health checker).
+    pub state: Arc<ServerState>,
 }
 
 pub struct Upstream {
     pub settings: UpstreamSettings,
     pub servers: Vec<Server>,
-    /// Server indices, each repeated `weight` times, interleaved.
-    schedule: Vec<usize>,
-    next: AtomicUsize,
+    balancer: Balancer,
+    /// `gateway_retries_total{upstream}`.
+    retries: Counter,
+    budget: RetryBudget,
+}
+
+/// Why no server could be chosen.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoServer {
+    /// Every server is unhealthy, ejected or already tried.
+    Unusable,
+    /// Some usable server is at its `max_connections` cap: worth a short wait.
+    AtCapacity,
 }
 
 impl Upstream {
-    pub fn new(settings: UpstreamSettings) -> Self {
+    /// `metrics` are this upstream's handles (same server order); servers that stay across a
+    /// reload keep their active health (it lives in the metrics registry).
+    pub fn new(settings: UpstreamSettings, metrics: Option<&UpstreamMetrics>) -> Self {
         let servers = settings
             .servers
             .iter()
-            .map(|s| Server {
-                label: s.address.clone(),
-                addr: s.socket_addr,
-                pool: Arc::new(ServerPool::new(&settings.pool)),
+            .enumerate()
+            .map(|(i, s)| {
+                let m = metrics
+                    .and_then(|m| m.servers.get(i))
+                    .cloned()
+                    .unwrap_or_else(|| ServerMetrics::detached(&s.address));
+                let healthy = settings.health_check.is_none() || m.healthy();
+                Server {
+                    label: s.address.clone(),
+                    addr: s.socket_addr,
+                    pool: Arc::new(ServerPool::new(&settings.pool)),
+                    state: Arc::new(ServerState::new(
+                        &settings.name,
+                        &s.address,
+                        settings.passive.clone(),
+                        healthy,
+                        m,
+                    )),
+                }
             })
             .collect();
-        let schedule = interleaved_schedule(settings.servers.iter().map(|s| s.weight));
+        let weighted: Vec<(&str, u32)> = settings
+            .servers
+            .iter()
+            .map(|s| (s.address.as_str(), s.weight))
+            .collect();
         Upstream {
+            balancer: Balancer::new(settings.balance, &weighted),
+            retries: metrics.map(|m| m.retries.clone()).unwrap_or_default(),
+            budget: RetryBudget::default(),
             settings,
             servers,
-            schedule,
-            next: AtomicUsize::new(0),
         }
     }
 
@@ -51,54 +91,125 @@ impl Upstream {
         &self.settings.name
     }
 
-    /// The server for attempt number `attempt` (0-based) of a request: consecutive attempts
-    /// go to consecutive entries of the schedule, so a retry lands elsewhere when it can.
-    pub fn pick(&self, first: usize, attempt: usize) -> Option<&Server> {
-        if self.schedule.is_empty() {
+    /// The server for the next attempt of a request: usable now, under its cap, and not in
+    /// `tried` (so a retry lands elsewhere).
+    pub fn choose(&self, hash: Option<u64>, tried: &[usize]) -> Result<usize, NoServer> {
+        let now = now_ms();
+        let cap = self.settings.max_connections;
+        let ok = |i: usize| {
+            !tried.contains(&i)
+                && self.servers[i].state.usable(now)
+                && (cap == 0 || self.servers[i].state.in_flight() < cap)
+        };
+        let load = |i: usize| self.servers[i].state.in_flight() as u64;
+        let latency = |i: usize| self.servers[i].state.latency_us();
+        if let Some(i) = self.balancer.pick(hash, &ok, &load, &latency) {
+            return Ok(i);
+        }
+        let capped = cap > 0
+            && (0..self.servers.len())
+                .any(|i| !tried.contains(&i) && self.servers[i].state.usable(now));
+        Err(if capped {
+            NoServer::AtCapacity
+        } else {
+            NoServer::Unusable
+        })
+    }
+
+    /// The request's key for `consistent_hash` (`None` for other strategies).
+    pub fn request_hash(&self, input: &KeyInput<'_>) -> Option<u64> {
+        if self.balancer.strategy() != Balance::ConsistentHash {
             return None;
         }
-        let mut index = self.schedule[(first + attempt) % self.schedule.len()];
-        if attempt > 0 && self.servers.len() > 1 {
-            // Weighted schedules repeat a server; step until the server differs from the first.
-            let first_server = self.schedule[first % self.schedule.len()];
-            let mut step = 0;
-            while index == first_server && step < self.schedule.len() {
-                step += 1;
-                index = self.schedule[(first + attempt + step) % self.schedule.len()];
-            }
-        }
-        self.servers.get(index)
+        let source = self
+            .settings
+            .hash_key
+            .as_ref()
+            .unwrap_or(&KeySource::ClientIp);
+        Some(match key_material(source, input) {
+            KeyMaterial::Text(text) => hash_bytes(&text),
+            KeyMaterial::Ip(ip) => hash_bytes(ip.to_string().as_bytes()),
+        })
     }
 
-    /// The schedule position for a new request.
-    pub fn next_slot(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed)
+    /// Whether response latencies feed server choice (`p2c`).
+    pub fn tracks_latency(&self) -> bool {
+        self.balancer.strategy() == Balance::P2c
     }
-}
 
-/// `[3, 1]` → `[0, 1, 0, 0]`: each server as often as its weight, spread out.
-fn interleaved_schedule(weights: impl Iterator<Item = u32>) -> Vec<usize> {
-    let weights: Vec<u32> = weights.collect();
-    let max = weights.iter().copied().max().unwrap_or(0);
-    let mut schedule = Vec::new();
-    for round in 0..max {
-        for (i, w) in weights.iter().enumerate() {
-            if round < *w {
-                schedule.push(i);
-            }
-        }
+    /// A request to this upstream started (the retry budget's base).
+    pub fn record_request(&self) {
+        self.budget.record_request();
     }
-    schedule
+
+    /// Whether the retry budget allows one more retry; a granted retry is counted in
+    /// `gateway_retries_total`.
+    pub fn try_retry(&self) -> bool {
+        let granted = self.budget.try_retry();
+        if granted {
+            self.retries.inc();
+        }
+        granted
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
+    use serde_json::{json, Map, Value};
+
+    fn upstream(extra: &str) -> Upstream {
+        let yaml = format!(
+            "listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]\n\
+             upstreams:\n  app:\n    servers: [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\n{extra}\n\
+             routes: [{{ match: {{ path_prefix: / }}, upstream: app }}]\n"
+        );
+        let dir = std::env::temp_dir();
+        let settings = crate::config::load_str(&yaml, &dir, dir.join("gateway.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Upstream::new(settings.upstreams[0].clone(), None)
+    }
+
+    fn hash_of(u: &Upstream, claims: Option<&Map<String, Value>>) -> Option<u64> {
+        let headers = HeaderMap::new();
+        u.request_hash(&KeyInput {
+            peer: std::net::IpAddr::from([10, 0, 0, 1]),
+            peer_trusted: false,
+            trusted_proxies: &[],
+            headers: &headers,
+            claims,
+        })
+    }
 
     #[test]
-    fn schedule_follows_weights() {
-        assert_eq!(interleaved_schedule([1, 2].into_iter()), vec![0, 1, 1]);
-        assert_eq!(interleaved_schedule([3, 1].into_iter()), vec![0, 1, 0, 0]);
-        assert!(interleaved_schedule(std::iter::empty()).is_empty());
+    fn claim_hash_key_uses_the_verified_claim() {
+        let u = upstream("    balance: consistent_hash\n    hash_key: \"claim:user_id\"");
+        let c42 = json!({"user_id": 42})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let c43 = json!({"user_id": 43})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let h42 = hash_of(&u, Some(&c42));
+        assert!(h42.is_some());
+        assert_eq!(h42, hash_of(&u, Some(&c42)));
+        assert_ne!(h42, hash_of(&u, Some(&c43)));
+        // No token: the client address is the key.
+        assert!(hash_of(&u, None).is_some());
+        assert_ne!(hash_of(&u, None), h42);
+    }
+
+    #[test]
+    fn other_strategies_take_no_hash_and_avoid_tried_servers() {
+        let u = upstream("    balance: least_conn");
+        assert_eq!(hash_of(&u, None), None);
+        let first = u.choose(None, &[]);
+        assert!(first.is_ok());
+        assert_eq!(u.choose(None, &[0, 1, 2]), Err(NoServer::Unusable));
+        let retry = u.choose(None, &[0]);
+        assert!(matches!(retry, Ok(i) if i != 0));
     }
 }

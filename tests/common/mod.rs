@@ -304,5 +304,8 @@ logging:
 }
 
 mod jwt;
+mod killable;
 #[allow(unused_imports)] // not every test binary uses the JWT helpers
 pub use jwt::*;
+#[allow(unused_imports)] // only the balance tests kill servers
+pub use killable::Killable;

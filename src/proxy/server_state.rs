@@ -1,0 +1,314 @@
+//! The live state of one upstream server, shared by requests, response bodies and its health
+//! checker: in-flight requests, active health, and passive outlier ejection (consecutive
+//! connect errors, resets before a response head, 5xx or timeouts eject the server for
+//! `eject_for`, doubled on each repeat up to 8×). Plain atomics: no lock on the request path.
+//! Every health or ejection change is logged once and mirrored into the server's metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::config::PassiveSettings;
+use crate::metrics::ServerMetrics;
+
+/// Weight of a faster sample in the peak-EWMA (a slower one takes over at once).
+const EWMA_ALPHA: f64 = 0.3;
+
+/// Repeat ejections grow `eject_for` by 2^(n-1), at most by this factor.
+const MAX_EJECT_FACTOR: u32 = 8;
+
+/// Milliseconds since a process-wide origin (so states built on different reloads agree).
+pub fn now_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+pub struct ServerState {
+    upstream: String,
+    label: String,
+    passive: Option<PassiveSettings>,
+    in_flight: AtomicUsize,
+    /// Consecutive failed exchanges (reset by a success).
+    failures: AtomicU32,
+    /// `now_ms()` when the current ejection ends; 0 = not ejected.
+    ejected_until: AtomicU64,
+    /// Ejections since the last success: the backoff exponent.
+    ejections: AtomicU32,
+    /// Ejections in this state's lifetime (for `/upstreams`).
+    ejections_total: AtomicU64,
+    /// Active health (true without `health_check`).
+    healthy: AtomicBool,
+    /// Peak-EWMA of response-head latency in µs (0 = no sample yet).
+    ewma_us: AtomicU64,
+    metrics: ServerMetrics,
+}
+
+impl ServerState {
+    /// `healthy` is the starting health (a reload carries it over for a kept server).
+    pub fn new(
+        upstream: &str,
+        label: &str,
+        passive: Option<PassiveSettings>,
+        healthy: bool,
+        metrics: ServerMetrics,
+    ) -> Self {
+        metrics.set_healthy(healthy);
+        metrics.set_ejected(false);
+        ServerState {
+            upstream: upstream.to_owned(),
+            label: label.to_owned(),
+            passive,
+            in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            ejections_total: AtomicU64::new(0),
+            healthy: AtomicBool::new(healthy),
+            ewma_us: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn ejections_total(&self) -> u64 {
+        self.ejections_total.load(Ordering::Relaxed)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether live traffic may go here now: healthy and not ejected. An ejection that has
+    /// run out ends here (logged once, by whichever request notices first).
+    pub fn usable(&self, now: u64) -> bool {
+        if !self.is_healthy() {
+            return false;
+        }
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if now < until {
+            return false;
+        }
+        if self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.metrics.set_ejected(false);
+            tracing::info!(upstream = %self.upstream, server = %self.label, "server back from ejection");
+        }
+        true
+    }
+
+    pub fn is_ejected(&self, now: u64) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now < until
+    }
+
+    /// The active checker's verdict; returns true when it changed the server's health.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        let changed = self.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        if changed {
+            self.metrics.set_healthy(healthy);
+            if healthy {
+                tracing::info!(upstream = %self.upstream, server = %self.label, "server healthy");
+            } else {
+                tracing::warn!(upstream = %self.upstream, server = %self.label, "server unhealthy");
+            }
+        }
+        changed
+    }
+
+    /// The peak-EWMA latency in µs (`p2c`'s cost per request in flight; 0 before a sample).
+    pub fn latency_us(&self) -> u64 {
+        self.ewma_us.load(Ordering::Relaxed)
+    }
+
+    /// Folds a response-head latency into the peak-EWMA: a slower sample takes over at once,
+    /// a faster one pulls the average down by [`EWMA_ALPHA`] of the difference.
+    pub fn observe_latency(&self, latency: Duration) {
+        let sample = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let next = if old == 0 || sample >= old {
+            sample
+        } else {
+            (old as f64 * (1.0 - EWMA_ALPHA) + sample as f64 * EWMA_ALPHA) as u64
+        };
+        self.ewma_us.store(next.max(1), Ordering::Relaxed);
+    }
+
+    /// An exchange got a response head that is not a 5xx.
+    pub fn record_success(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 && !self.is_ejected(now_ms()) {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// An exchange failed at this server (connect error, reset, timeout, 5xx).
+    pub fn record_failure(&self) {
+        let Some(passive) = &self.passive else {
+            return;
+        };
+        let threshold = passive.consecutive_failures.max(1);
+        let count = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if count < threshold {
+            return;
+        }
+        let now = now_ms();
+        // One of several concurrent failures claims the ejection.
+        if self.is_ejected(now)
+            || self
+                .failures
+                .compare_exchange(count, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let n = self
+            .ejections
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let eject_for = ejection_time(passive.eject_for, n);
+        let millis = u64::try_from(eject_for.as_millis()).unwrap_or(u64::MAX);
+        self.ejected_until
+            .store(now.saturating_add(millis.max(1)), Ordering::Relaxed);
+        self.ejections_total.fetch_add(1, Ordering::Relaxed);
+        self.metrics.set_ejected(true);
+        tracing::warn!(
+            upstream = %self.upstream,
+            server = %self.label,
+            failures = count,
+            eject_for = ?eject_for,
+            "server ejected"
+        );
+    }
+}
+
+/// `eject_for` × 2^(n-1), capped at [`MAX_EJECT_FACTOR`]×.
+pub fn ejection_time(eject_for: Duration, n: u32) -> Duration {
+    let factor = 1u32
+        .checked_shl(n.saturating_sub(1))
+        .unwrap_or(MAX_EJECT_FACTOR)
+        .min(MAX_EJECT_FACTOR);
+    eject_for.saturating_mul(factor)
+}
+
+/// Counts one request in flight at a server until dropped (with the response body, so
+/// `least_conn` and `max_connections` see requests whose bodies are still streaming).
+pub struct InFlight(Arc<ServerState>);
+
+impl InFlight {
+    pub fn new(state: &Arc<ServerState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.metrics.in_flight.inc();
+        InFlight(Arc::clone(state))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(failures: u32, eject_for: Duration) -> ServerState {
+        let passive = PassiveSettings {
+            consecutive_failures: failures,
+            eject_for,
+        };
+        ServerState::new(
+            "app",
+            "s:1",
+            Some(passive),
+            true,
+            ServerMetrics::detached("s:1"),
+        )
+    }
+
+    #[test]
+    fn consecutive_failures_eject_and_a_success_resets_the_count() {
+        let s = state(3, Duration::from_secs(60));
+        s.record_failure();
+        s.record_failure();
+        s.record_success();
+        s.record_failure();
+        s.record_failure();
+        assert!(s.usable(now_ms()));
+        s.record_failure();
+        assert!(!s.usable(now_ms()));
+        assert!(s.metrics.ejected());
+        assert_eq!(s.ejections_total(), 1);
+        // An ejected server's further failures do not stack ejections.
+        for _ in 0..5 {
+            s.record_failure();
+        }
+        assert_eq!(s.ejections_total(), 1);
+    }
+
+    #[test]
+    fn ejection_ends_after_eject_for_and_repeats_last_longer() {
+        let s = state(1, Duration::from_millis(20));
+        s.record_failure();
+        let now = now_ms();
+        assert!(!s.usable(now));
+        assert!(s.usable(now + 25));
+        assert!(!s.metrics.ejected());
+        s.record_failure();
+        let until = s.ejected_until.load(Ordering::Relaxed);
+        assert!(until >= now_ms() + 35, "second ejection should last ~40ms");
+    }
+
+    #[test]
+    fn unhealthy_servers_are_not_usable_and_transitions_report_once() {
+        let s = state(1, Duration::from_secs(1));
+        assert!(s.set_healthy(false));
+        assert!(!s.set_healthy(false));
+        assert!(!s.usable(now_ms()));
+        assert!(!s.metrics.healthy());
+        assert!(s.set_healthy(true));
+        assert!(s.usable(now_ms()));
+    }
+
+    #[test]
+    fn peak_ewma_jumps_up_and_decays_down() {
+        let s = state(1, Duration::from_secs(1));
+        s.observe_latency(Duration::from_millis(10));
+        assert_eq!(s.latency_us(), 10_000);
+        s.observe_latency(Duration::from_millis(50));
+        assert_eq!(s.latency_us(), 50_000);
+        s.observe_latency(Duration::from_millis(1));
+        assert_eq!(s.latency_us(), 35_300);
+        for _ in 0..20 {
+            s.observe_latency(Duration::from_millis(1));
+        }
+        assert!(s.latency_us() < 1_100, "{}", s.latency_us());
+    }
+
+    #[test]
+    fn ejection_time_doubles_and_caps() {
+        let base = Duration::from_secs(10);
+        assert_eq!(ejection_time(base, 1), base);
+        assert_eq!(ejection_time(base, 2), base * 2);
+        assert_eq!(ejection_time(base, 4), base * 8);
+        assert_eq!(ejection_time(base, 40), base * 8);
+    }
+}
