@@ -179,7 +179,11 @@ pub async fn handle(
     let body = match record {
         Some(mut record) => {
             record.status = parts.status;
-            record.route = labels.route;
+            record.route = labels
+                .route_index
+                .and_then(|i| state.settings.routes.get(i))
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
             record.upstream = labels.server;
             let logged = LoggedBody::new(body, Box::new(record));
             http_body_util::BodyExt::boxed_unsync(MeteredBody::new(logged, completion))
@@ -192,7 +196,6 @@ pub async fn handle(
 /// Names for the access log, filled in as the request travels.
 #[derive(Default)]
 struct Labels {
-    route: String,
     server: String,
     /// For the metrics; `None` until a route matched.
     route_index: Option<usize>,
@@ -225,7 +228,6 @@ async fn route_and_forward(
             }
             RouteDecision::Misdirected => return Err(GatewayError::Misdirected),
         };
-    labels.route.clone_from(&route.name);
     labels.route_index = Some(route_index);
 
     let path_and_query = forwarded_path_and_query(&path, req.uri().query())?;
