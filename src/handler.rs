@@ -120,6 +120,11 @@ impl Drop for State {
     }
 }
 
+/// Request extension set by the connection when the raw head carried both `Content-Length`
+/// and `Transfer-Encoding` (hyper drops one of them before we see the request).
+#[derive(Debug, Clone, Copy)]
+pub struct AmbiguousFraming;
+
 /// What is known about the client connection a request arrived on.
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -376,7 +381,9 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = req.headers();
     let te_count = headers.get_all(TRANSFER_ENCODING).iter().count();
     if te_count > 0 {
-        if headers.contains_key(CONTENT_LENGTH) {
+        // hyper drops Content-Length when both are present; the connection saw the raw head.
+        let ambiguous = req.extensions().get::<AmbiguousFraming>().is_some();
+        if ambiguous || headers.contains_key(CONTENT_LENGTH) {
             return Err(GatewayError::BadFraming(
                 "both Content-Length and Transfer-Encoding",
             ));

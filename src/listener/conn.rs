@@ -15,7 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerSettings;
-use crate::handler::{self, ConnInfo, State};
+use crate::handler::{self, AmbiguousFraming, ConnInfo, State};
+
+mod framing;
 
 /// Which HTTP version(s) to speak on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct Builders {
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     header_read_timeout: Duration,
+    /// Largest request head accepted (hyper's read buffer limit).
+    max_head: usize,
 }
 
 impl Builders {
@@ -80,6 +84,7 @@ impl Builders {
             http2,
             idle_timeout: server.idle_timeout,
             header_read_timeout: server.header_read_timeout,
+            max_head: max_buf,
         }
     }
 }
@@ -107,13 +112,25 @@ pub async fn serve<I>(
         first_byte: builders.header_read_timeout,
         shutdown,
     };
+    // HTTP/1.1 heads are watched for request smuggling (see `framing`); HTTP/2 frames
+    // carry their own lengths.
+    let verdict = (protocol != Protocol::Http2).then(Arc::<framing::Verdict>::default);
     let io = TokioIo::new(ActivityIo {
         inner: io,
         epoch: watch.epoch,
         last_activity: watch.last_activity.clone(),
         read_any: watch.read_any.clone(),
+        scanner: verdict
+            .as_ref()
+            .map(|v| framing::Scanner::new(builders.max_head, v.clone())),
     });
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        if verdict
+            .as_ref()
+            .is_some_and(|v| v.next_request_is_ambiguous())
+        {
+            req.extensions_mut().insert(AmbiguousFraming);
+        }
         let state = state.load_full();
         handler::handle(state, info.clone(), req)
     });
@@ -201,6 +218,8 @@ struct ActivityIo<I> {
     last_activity: Arc<AtomicU64>,
     /// Whether any byte has been read yet (for the first-byte deadline).
     read_any: Arc<AtomicBool>,
+    /// Follows HTTP/1.1 request framing until it has nothing more to say.
+    scanner: Option<framing::Scanner>,
 }
 
 impl<I> ActivityIo<I> {
@@ -221,6 +240,12 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.read_any.store(true, Ordering::Relaxed);
             self.touch();
+            if let Some(scanner) = &mut self.scanner {
+                scanner.feed(&buf.filled()[before..]);
+                if !scanner.is_on() {
+                    self.scanner = None;
+                }
+            }
         }
         polled
     }
