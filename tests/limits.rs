@@ -176,6 +176,31 @@ async fn silent_connection_is_closed_after_header_read_timeout() {
     assert_eq!(got, "");
 }
 
+/// HTTP/2 with prior knowledge on a plain listener: a client that stops part-way through the
+/// preface, or sends it and never a request, is cut off after header_read_timeout too.
+#[tokio::test]
+async fn h2_prior_knowledge_without_a_request_is_closed_after_header_read_timeout() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(
+        up.addr,
+        "",
+        "  header_read_timeout: 300ms\n  idle_timeout: 60s",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let whole = [preface, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
+    for sent in [&preface[..10], &whole[..]] {
+        let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
+        let start = Instant::now();
+        stream.write_all(sent).await.unwrap();
+        let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+        assert!(closed, "still open 5 s after sending {} bytes", sent.len());
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(2500), "closed after {took:?}");
+    }
+}
+
 #[tokio::test]
 async fn request_head_completed_in_time_is_served() {
     let _g = shared().await;

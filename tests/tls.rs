@@ -944,3 +944,57 @@ async fn h2_preface_on_an_http1_alpn_connection_is_refused() {
     assert!(outcome.is_err(), "h2 was served: {outcome:?}");
     assert_eq!(up.hits(), 0);
 }
+
+/// HTTP/2 has no header timer of its own: a client that stops part-way through the preface,
+/// or sends the preface and SETTINGS but never a request, must still lose its connection
+/// after `header_read_timeout` (here 300 ms; idle_timeout is a minute).
+#[tokio::test]
+async fn h2_connection_without_a_request_is_closed_after_header_read_timeout() {
+    let ca = TestCa::new();
+    let (c, k, _) = ca.issue("a", &["a.test"]);
+    let up = TestUpstream::echo().await;
+    let yaml = tls_yaml(up.addr, &[(c, k)], "", "", "").replace(
+        "  shutdown_grace: 1s",
+        "  shutdown_grace: 1s\n  header_read_timeout: 300ms\n  idle_timeout: 60s",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let empty_settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+    let partial = &preface[..10];
+    let whole = [preface, empty_settings].concat();
+    for sent in [partial, &whole[..]] {
+        let mut tls = tls_connect(gw.addr("https"), ca.rustls_client(&[b"h2"]), "a.test")
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let start = std::time::Instant::now();
+        tls.write_all(sent).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let closed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // the server's SETTINGS, then GOAWAY
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "still open 5 s after sending {} bytes",
+            sent.len()
+        );
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(2500), "closed after {took:?}");
+    }
+    // A client that does send a request in time is served.
+    let client = ca.client(&[("a.test", gw.addr("https"))], false);
+    let res = client
+        .get(format!("https://a.test:{}/ok", gw.addr("https").port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.version(), Version::HTTP_2);
+}

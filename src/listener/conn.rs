@@ -107,9 +107,9 @@ pub async fn serve<I>(
     let watch = Watch {
         epoch: Instant::now(),
         last_activity: Arc::new(AtomicU64::new(0)),
-        read_any: Arc::new(AtomicBool::new(false)),
+        requested: Arc::new(AtomicBool::new(false)),
         idle: builders.idle_timeout,
-        first_byte: builders.header_read_timeout,
+        first_request: builders.header_read_timeout,
         shutdown,
     };
     // HTTP/1.1 heads are watched for request smuggling (see `framing`); HTTP/2 frames
@@ -119,12 +119,13 @@ pub async fn serve<I>(
         inner: io,
         epoch: watch.epoch,
         last_activity: watch.last_activity.clone(),
-        read_any: watch.read_any.clone(),
         scanner: verdict
             .as_ref()
             .map(|v| framing::Scanner::new(builders.max_head, v.clone())),
     });
+    let requested = watch.requested.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        requested.store(true, Ordering::Relaxed);
         if verdict
             .as_ref()
             .is_some_and(|v| v.next_request_is_ambiguous())
@@ -150,13 +151,14 @@ pub async fn serve<I>(
     }
 }
 
-/// The timers around one connection: first byte, idle, and shutdown.
+/// The timers around one connection: first request, idle, and shutdown.
 struct Watch {
     epoch: Instant,
     last_activity: Arc<AtomicU64>,
-    read_any: Arc<AtomicBool>,
+    /// Whether a request has reached the service yet (for the first-request deadline).
+    requested: Arc<AtomicBool>,
     idle: Duration,
-    first_byte: Duration,
+    first_request: Duration,
     shutdown: CancellationToken,
 }
 
@@ -170,12 +172,15 @@ impl Watch {
         let mut draining = false;
         let idle_check = tokio::time::sleep(self.idle);
         tokio::pin!(idle_check);
-        // hyper's header timer only starts once the HTTP/1 parser runs; on plain TCP the
-        // version sniffing before it waits for bytes forever, so a client that connects and
-        // says nothing would hold a connection slot until the idle timeout.
-        let first_byte = tokio::time::sleep(self.first_byte);
-        tokio::pin!(first_byte);
-        let mut awaiting_first_byte = true;
+        // The first request must arrive within header_read_timeout. hyper's HTTP/1 header
+        // timer only starts once its parser runs (on plain TCP the version sniffing before it
+        // waits for bytes forever), and HTTP/2 has no header timer at all: a client that sends
+        // part of the preface, or a SETTINGS frame and no HEADERS, would otherwise hold a
+        // connection slot until the idle timeout. Later requests on HTTP/1.1 are bounded by
+        // hyper's header timer; on HTTP/2 by the keep-alive pings and the idle timeout.
+        let first_request = tokio::time::sleep(self.first_request);
+        tokio::pin!(first_request);
+        let mut awaiting_first_request = true;
         loop {
             tokio::select! {
                 result = conn.as_mut() => {
@@ -188,10 +193,10 @@ impl Watch {
                     draining = true;
                     graceful(conn.as_mut());
                 }
-                _ = first_byte.as_mut(), if awaiting_first_byte => {
-                    awaiting_first_byte = false;
-                    if !self.read_any.load(Ordering::Relaxed) {
-                        tracing::debug!("closing connection: nothing received within header_read_timeout");
+                _ = first_request.as_mut(), if awaiting_first_request => {
+                    awaiting_first_request = false;
+                    if !self.requested.load(Ordering::Relaxed) {
+                        tracing::debug!("closing connection: no request within header_read_timeout");
                         return;
                     }
                 }
@@ -216,8 +221,6 @@ struct ActivityIo<I> {
     inner: I,
     epoch: Instant,
     last_activity: Arc<AtomicU64>,
-    /// Whether any byte has been read yet (for the first-byte deadline).
-    read_any: Arc<AtomicBool>,
     /// Follows HTTP/1.1 request framing until it has nothing more to say.
     scanner: Option<framing::Scanner>,
 }
@@ -238,7 +241,6 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.read_any.store(true, Ordering::Relaxed);
             self.touch();
             if let Some(scanner) = &mut self.scanner {
                 scanner.feed(&buf.filled()[before..]);
