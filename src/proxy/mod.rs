@@ -86,7 +86,12 @@ pub async fn forward<'u>(
             body::Buffered::Memory(b) => Some(b.clone()),
             body::Buffered::File { .. } => None,
         };
-        if let (true, false, Some(bytes)) = (is_idempotent(&parts.method), websocket, bytes) {
+        // The copy costs a header-map clone per request: only kept when a retry on another
+        // server is possible at all.
+        let can_retry = settings.retries > 0 && upstream.servers.len() > 1;
+        if let (true, true, false, Some(bytes)) =
+            (can_retry, is_idempotent(&parts.method), websocket, bytes)
+        {
             replay = Some((parts.method.clone(), header_map.clone(), bytes));
         }
         buffered.into_body().await?

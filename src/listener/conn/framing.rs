@@ -14,6 +14,7 @@
 //! it stops watching for the rest of the connection: hyper's own rules then still apply, which
 //! are safe, only less strict. The verdict goes to the request handler through [`Verdict`].
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -141,19 +142,21 @@ impl Scanner {
 
     /// Parses a head from `bytes` (plus any earlier partial head); returns the bytes used.
     fn head(&mut self, bytes: &[u8]) -> usize {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
+        // Uninitialised, as hyper does: zeroing 100 header slots per request costs more than
+        // parsing a typical head.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
         let earlier = self.partial.len();
         let parsed = if earlier == 0 {
-            req.parse(bytes)
+            req.parse_with_uninit_headers(bytes, &mut headers)
         } else {
             self.partial.extend_from_slice(bytes);
-            req.parse(&self.partial)
+            req.parse_with_uninit_headers(&self.partial, &mut headers)
         };
         match parsed {
             Ok(httparse::Status::Complete(len)) => {
-                let framing = Framing::of(&req);
-                self.off_after_body = framing_upgrades(&req);
+                let (framing, upgrades) = Framing::of(&req);
+                self.off_after_body = upgrades;
                 self.partial.clear();
                 self.requests = self.requests.wrapping_add(1);
                 self.phase = match framing {
@@ -266,33 +269,43 @@ enum Framing {
 }
 
 impl Framing {
-    fn of(req: &httparse::Request<'_, '_>) -> Framing {
+    /// The head's framing, and whether the connection may stop being HTTP/1.1 after this
+    /// request (an upgrade or CONNECT).
+    fn of(req: &httparse::Request<'_, '_>) -> (Framing, bool) {
         let mut length: Option<u64> = None;
         let mut has_length = false;
         let mut chunked: Option<bool> = None;
+        let mut upgrades = req.method == Some("CONNECT");
         for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = Some(last_coding_is_chunked(h.value));
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                has_length = true;
-                let Some(n) = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                else {
-                    return Framing::Unfollowed;
-                };
-                if length.is_some_and(|prev| prev != n) {
-                    return Framing::Unfollowed;
+            // Only three names matter; their lengths tell most others apart at once.
+            match h.name.len() {
+                17 if h.name.eq_ignore_ascii_case("transfer-encoding") => {
+                    chunked = Some(last_coding_is_chunked(h.value));
                 }
-                length = Some(n);
+                14 if h.name.eq_ignore_ascii_case("content-length") => {
+                    has_length = true;
+                    let Some(n) = std::str::from_utf8(h.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                    else {
+                        return (Framing::Unfollowed, upgrades);
+                    };
+                    if length.is_some_and(|prev| prev != n) {
+                        return (Framing::Unfollowed, upgrades);
+                    }
+                    length = Some(n);
+                }
+                7 if h.name.eq_ignore_ascii_case("upgrade") => upgrades = true,
+                _ => {}
             }
         }
-        match (chunked, has_length) {
+        let framing = match (chunked, has_length) {
             (Some(_), true) => Framing::Ambiguous,
             (Some(true), false) if req.version == Some(1) => Framing::Chunked,
             (Some(_), false) => Framing::Unfollowed,
             (None, _) => Framing::Length(length.unwrap_or(0)),
-        }
+        };
+        (framing, upgrades)
     }
 }
 
@@ -301,15 +314,6 @@ fn last_coding_is_chunked(value: &[u8]) -> bool {
         .ok()
         .and_then(|v| v.rsplit(',').next())
         .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-}
-
-/// A request after which the connection may stop being HTTP/1.1.
-fn framing_upgrades(req: &httparse::Request<'_, '_>) -> bool {
-    req.method == Some("CONNECT")
-        || req
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
 }
 
 #[cfg(test)]
