@@ -1,10 +1,10 @@
 //! `gateway demo`: the first-run experience. One process runs three demo upstream workers,
 //! writes a throwaway folder (a generated `gateway.yaml`, a self-signed certificate, a small
 //! static site), starts the gateway on it exactly as `gateway run` does (one single-threaded
-//! runtime per core), mints a token, and prints `curl` commands that show balancing, JWT and
-//! static files. It then runs until SIGTERM/SIGINT and drains like `run`; SIGHUP re-reads
-//! the generated `gateway.yaml`, so the demo config can be edited live. The folder is
-//! removed on exit.
+//! runtime per core), mints a token, and prints `curl` commands that show balancing, JWT,
+//! static files and the loopback admin listener (`/metrics`, `/upstreams`, on the next port).
+//! It then runs until SIGTERM/SIGINT and drains like `run`; SIGHUP re-reads the generated
+//! `gateway.yaml`, so the demo config can be edited live. The folder is removed on exit.
 
 mod workers;
 
@@ -21,7 +21,8 @@ use gateway::config;
 use gateway::server::{Gateway, StartError};
 
 /// The port the demo asks for first; when it is taken (and `--port` was not given) the demo
-/// falls back to a free one.
+/// falls back to a free one. The admin listener takes the next port (or a free one when
+/// that is taken, or when the demo's port is chosen by the system).
 const DEFAULT_PORT: u16 = 8443;
 const WORKERS: usize = 3;
 const POLICY: &str = "demo";
@@ -60,23 +61,34 @@ async fn demo(port: Option<u16>, handles: &[tokio::runtime::Handle]) -> anyhow::
     let secret = random_secret()?;
     let config_path = dir.path().join("gateway.yaml");
 
-    let first = start(
-        &config_path,
-        port.unwrap_or(DEFAULT_PORT),
-        &upstreams,
-        &secret,
-        handles,
-    );
+    let wanted = port.unwrap_or(DEFAULT_PORT);
+    let ports = Ports {
+        https: wanted,
+        admin: admin_port(wanted),
+    };
+    let first = start(&config_path, ports, &upstreams, &secret, handles);
     let gateway = match first.await {
         Err(e) if port.is_none() && port_busy(&e) => {
             tracing::info!("port {DEFAULT_PORT} is busy; the demo uses a free port instead");
-            start(&config_path, 0, &upstreams, &secret, handles).await?
+            let free = Ports { https: 0, admin: 0 };
+            start(&config_path, free, &upstreams, &secret, handles).await?
+        }
+        Err(e) if admin_port_busy(&e) => {
+            tracing::info!(
+                "admin port {} is busy; the demo's admin listener uses a free port instead",
+                ports.admin
+            );
+            let free_admin = Ports { admin: 0, ..ports };
+            start(&config_path, free_admin, &upstreams, &secret, handles).await?
         }
         other => other?,
     };
     let addr = gateway
         .local_addr("https")
         .context("the demo's https listener did not start")?;
+    let admin = gateway
+        .admin_addr()
+        .context("the demo's admin listener did not start")?;
     let settings = gateway.settings();
     let policy = settings
         .jwt_policies
@@ -87,7 +99,10 @@ async fn demo(port: Option<u16>, handles: &[tokio::runtime::Handle]) -> anyhow::
     let token = gateway::auth::mint(policy, &claims, TOKEN_TTL, None)
         .map_err(|e| anyhow::anyhow!("minting the demo token: {e}"))?;
     let cert = dir.path().join("certs").join("localhost.crt");
-    print!("{}", banner(addr, &upstreams, dir.path(), &cert, &token));
+    print!(
+        "{}",
+        banner(addr, admin, &upstreams, dir.path(), &cert, &token)
+    );
 
     loop {
         tokio::select! {
@@ -106,16 +121,31 @@ async fn demo(port: Option<u16>, handles: &[tokio::runtime::Handle]) -> anyhow::
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes the demo config for `port`, validates it (which generates the self-signed
+/// The ports the demo binds on 127.0.0.1 (0 = any free one).
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    https: u16,
+    admin: u16,
+}
+
+/// The admin listener's port for the demo's `https` port: the next one, or any free one.
+fn admin_port(https: u16) -> u16 {
+    match https {
+        0 => 0,
+        port => port.checked_add(1).unwrap_or(0),
+    }
+}
+
+/// Writes the demo config for `ports`, validates it (which generates the self-signed
 /// certificate on first use) and starts the gateway on every worker runtime.
 async fn start(
     path: &Path,
-    port: u16,
+    ports: Ports,
     upstreams: &[SocketAddr],
     secret: &str,
     handles: &[tokio::runtime::Handle],
 ) -> anyhow::Result<Gateway> {
-    std::fs::write(path, config_yaml(port, upstreams, secret))
+    std::fs::write(path, config_yaml(ports, upstreams, secret))
         .with_context(|| format!("writing {}", path.display()))?;
     let settings = config::load(path).map_err(|errors| {
         let all: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
@@ -132,9 +162,18 @@ fn port_busy(error: &anyhow::Error) -> bool {
     )
 }
 
-/// The demo's `gateway.yaml`: https on 127.0.0.1:`port` with a self-signed certificate,
-/// `/static/` from the folder, `/api/` behind an HS256 policy, everything else open.
-fn config_yaml(port: u16, upstreams: &[SocketAddr], secret: &str) -> String {
+/// Whether starting failed only because the admin listener's port is taken.
+fn admin_port_busy(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<StartError>(),
+        Some(StartError::AdminBind { source, .. }) if source.kind() == std::io::ErrorKind::AddrInUse
+    )
+}
+
+/// The demo's `gateway.yaml`: https on 127.0.0.1 with a self-signed certificate, `/static/`
+/// from the folder, `/api/` behind an HS256 policy, everything else open; the admin
+/// listener on loopback.
+fn config_yaml(ports: Ports, upstreams: &[SocketAddr], secret: &str) -> String {
     let servers: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
         r#"# Generated by `gateway demo`; removed when the demo stops. Edit it and send SIGHUP
@@ -145,7 +184,7 @@ server:
 
 listeners:
   - name: https
-    bind: "127.0.0.1:{port}"
+    bind: "127.0.0.1:{https}"
     tls:
       certificates:
         - cert: certs/localhost.crt
@@ -176,12 +215,17 @@ routes:
     match: {{ path_prefix: / }}
     upstream: demo
 
+admin:                                    # loopback only: /metrics, /healthz, /ready, /upstreams
+  bind: "127.0.0.1:{admin}"
+
 logging:
   level: info
   format: text
   access_log: true
 "#,
-        servers = servers.join(", ")
+        servers = servers.join(", "),
+        https = ports.https,
+        admin = ports.admin,
     )
 }
 
@@ -189,6 +233,7 @@ logging:
 /// one line; the comment above it says what to expect.
 fn banner(
     addr: SocketAddr,
+    admin: SocketAddr,
     upstreams: &[SocketAddr],
     dir: &Path,
     cert: &Path,
@@ -199,6 +244,10 @@ fn banner(
     let workers: Vec<String> = upstreams.iter().map(ToString::to_string).collect();
     let mut out = String::new();
     let _ = writeln!(out, "\ngateway demo is running on {base}\n");
+    let _ = writeln!(
+        out,
+        "  admin         http://{admin} (loopback: /metrics, /healthz, /ready, /upstreams)"
+    );
     let _ = writeln!(out, "  demo workers  {}", workers.join(", "));
     let _ = writeln!(
         out,
@@ -239,6 +288,19 @@ fn banner(
     let _ = writeln!(out, "{curl} --compressed {base}/static/{CSS_NAME}");
     let _ = writeln!(out, "\n# The static site's index page (200)");
     let _ = writeln!(out, "{curl} {base}/static/");
+    let _ = writeln!(
+        out,
+        "\n# 5. The admin listener: Prometheus metrics (the requests above, by route and status)"
+    );
+    let _ = writeln!(
+        out,
+        "curl -si http://{admin}/metrics | grep -E '^(HTTP|gateway_requests_total)'"
+    );
+    let _ = writeln!(
+        out,
+        "\n# Each upstream server's health, ejection and request counts (JSON)"
+    );
+    let _ = writeln!(out, "curl -i http://{admin}/upstreams");
     let _ = writeln!(
         out,
         "\nStop with Ctrl-C (SIGINT) or SIGTERM: the gateway drains, then exits."

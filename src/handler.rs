@@ -30,7 +30,7 @@ use crate::auth::{JwtPolicy, Verified};
 use crate::config::{RouteHandler, Settings};
 use crate::error::{full_body, GatewayBody, GatewayError};
 use crate::metrics::{Completion, MeteredBody, MethodClass, Metrics, StateMetrics};
-use crate::observability::{AccessRecord, LoggedBody};
+use crate::observability::{self, AccessRecord, LoggedBody};
 use crate::policy::{KeyInput, RouteLimiter};
 use crate::proxy::headers::{self, Forwarding, X_REQUEST_ID};
 use crate::proxy::Upstream;
@@ -133,6 +133,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS server name the client asked for, lower-case.
     pub sni: Option<String>,
+    /// The negotiated TLS version for the access log (`1.2`, `1.3`); `None` on plain HTTP.
+    pub tls_version: Option<&'static str>,
     /// `Some(port)` on a `redirect_https` listener.
     pub redirect_https: Option<u16>,
     pub peer_trusted: bool,
@@ -152,20 +154,26 @@ pub async fn handle(
         start,
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
+        http: observability::http_version(req.version()),
         status: StatusCode::OK,
         route: String::new(),
         upstream: String::new(),
-        request_id: request_id.to_str().unwrap_or_default().to_owned(),
+        request_id: observability::id_str(&request_id).to_owned(),
         client: conn.peer.ip(),
-        listener: conn.listener.to_string(),
+        listener: Arc::clone(&conn.listener),
+        tls: conn.tls_version,
+        claims: None,
     });
     let mut labels = Labels::default();
-    let mut response = match route_and_forward(&state, &conn, req, &request_id, &mut labels).await {
+    let routed = route_and_forward(&state, &conn, req, &request_id, &mut labels);
+    // Events below the handler (proxy, JWT, static files) take the id from here.
+    let mut response = match observability::in_request(&request_id, routed).await {
         Ok(response) => response,
         Err(e) => {
-            tracing::debug!(error = %e, side = ?e.side(), "request failed");
+            let id = observability::id_str(&request_id);
+            tracing::debug!(request_id = %id, error = %e, side = ?e.side(), "request failed");
             if e.status().is_server_error() {
-                tracing::warn!(request_id = ?request_id, error = %e, "upstream error");
+                tracing::warn!(request_id = %id, error = %e, "upstream error");
             }
             e.into_response()
         }
@@ -190,6 +198,7 @@ pub async fn handle(
                 .map(|r| r.name.clone())
                 .unwrap_or_default();
             record.upstream = labels.server;
+            record.claims = labels.claims;
             let logged = LoggedBody::new(body, Box::new(record));
             http_body_util::BodyExt::boxed_unsync(MeteredBody::new(logged, completion))
         }
@@ -204,6 +213,8 @@ struct Labels {
     server: String,
     /// For the metrics; `None` until a route matched.
     route_index: Option<usize>,
+    /// The verified token's claims, kept (shared) only when the access log is on.
+    claims: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 async fn route_and_forward(
@@ -247,7 +258,11 @@ async fn route_and_forward(
         if let Err(GatewayError::Unauthorized(rejection)) = &authorized {
             state.metrics.jwt_rejection(index, rejection.reason);
         }
-        verified = Some(authorized?);
+        let authorized = authorized?;
+        if state.settings.logging.access_log {
+            labels.claims = Some(Arc::clone(&authorized.claims));
+        }
+        verified = Some(authorized);
     }
     if let Some(limiter) = state.rate_limits.get(route_index).and_then(Option::as_ref) {
         let input = KeyInput {

@@ -1,5 +1,5 @@
 //! The running gateway: binds every listener, owns the one cancellation tree and the task
-//! tracker, swaps configuration atomically, and drains on shutdown.
+//! tracker, swaps configuration (and the listener set) atomically, and drains on shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminContext;
 use crate::config::Settings;
 use crate::handler::State;
+use crate::listener;
 use crate::listener::conn::Builders;
-use crate::listener::{self, tls, Acceptor};
+use crate::listener::set::{ListenerError, ListenerSet, Shared};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 
@@ -44,6 +44,33 @@ pub enum StartError {
     },
 }
 
+impl From<ListenerError> for StartError {
+    fn from(e: ListenerError) -> Self {
+        match e {
+            ListenerError::Bind {
+                index,
+                name,
+                addr,
+                source,
+            } => StartError::Bind {
+                index,
+                name,
+                addr,
+                source,
+            },
+            ListenerError::Tls {
+                index,
+                name,
+                source,
+            } => StartError::Tls {
+                index,
+                name,
+                source,
+            },
+        }
+    }
+}
+
 /// How long a scrape in progress may take to finish once the drain is over.
 const ADMIN_STOP_GRACE: Duration = Duration::from_secs(1);
 
@@ -58,11 +85,11 @@ pub struct Gateway {
     tracker: TaskTracker,
     /// The admin listener's tasks: outside `tracker`, since they outlive the drain.
     admin_tasks: TaskTracker,
-    listeners: Vec<(String, SocketAddr)>,
+    /// The listeners accepting now; a reload may add, remove or retune them.
+    listeners: Arc<ListenerSet>,
     admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     reloader: Arc<Reloader>,
-    grace: Duration,
 }
 
 impl Gateway {
@@ -73,7 +100,8 @@ impl Gateway {
 
     /// Binds every listener once and runs one accept loop per listener on each of `workers`
     /// (the binary gives one single-threaded runtime per core, as nginx runs one worker
-    /// process per core); connections stay on the worker that accepted them.
+    /// process per core); connections stay on the worker that accepted them. The handles are
+    /// kept: listeners a reload adds get their accept loops on the same workers.
     pub async fn start_on(
         settings: Settings,
         workers: &[tokio::runtime::Handle],
@@ -87,29 +115,19 @@ impl Gateway {
             .map_err(StartError::Policies)?;
         let state = Arc::new(ArcSwap::from_pointee(state));
         let tracker = TaskTracker::new();
-        let connections = Arc::new(Semaphore::new(settings.server.max_connections.max(1)));
-        let builders = Arc::new(Builders::new(&settings.server));
-
-        let mut bound = Vec::new();
-        for (index, l) in settings.listeners.iter().enumerate() {
-            let tcp = listener::bind(l.bind).map_err(|source| StartError::Bind {
-                index,
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-            let tls = match &l.tls {
-                Some(t) => Some(TlsAcceptor::from(tls::server_config(t).map_err(
-                    |source| StartError::Tls {
-                        index,
-                        name: l.name.clone(),
-                        source,
-                    },
-                )?)),
-                None => None,
-            };
-            bound.push((l, tcp, tls));
-        }
+        let listeners = Arc::new(ListenerSet::new(
+            workers.to_vec(),
+            Shared {
+                builders: Arc::new(ArcSwap::from_pointee(Builders::new(&settings.server))),
+                state: state.clone(),
+                connections: Arc::new(Semaphore::new(settings.server.max_connections.max(1))),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
+                metrics: metrics.clone(),
+            },
+        ));
+        // Bind everything before any accept loop runs.
+        let plan = listeners.prepare(&settings).map_err(|e| e.first)?;
         let admin_tcp = match &settings.admin {
             Some(admin) => {
                 Some(
@@ -121,48 +139,12 @@ impl Gateway {
             }
             None => None,
         };
-        // Redirects name the port actually bound (it differs from the file's when that says 0).
-        let https_port = bound
-            .iter()
-            .find(|(_, _, tls)| tls.is_some())
-            .and_then(|(_, tcp, _)| tcp.local_addr().ok())
-            .map(|a| a.port());
-
-        let mut listeners = Vec::new();
-        for (index, (l, tcp, tls)) in bound.into_iter().enumerate() {
-            let addr = tcp.local_addr().unwrap_or(l.bind);
-            tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "listening");
-            listeners.push((l.name.clone(), addr));
-            let name: Arc<str> = Arc::from(l.name.as_str());
-            let listener_metrics = Arc::new(metrics.listener(&l.name, tls.is_some()));
-            for worker in workers {
-                // Each accept loop owns a duplicate of the socket; the kernel closes the
-                // listening socket once the last loop drops its copy.
-                let tcp = tcp.try_clone().map_err(|source| StartError::Bind {
-                    index,
-                    name: l.name.clone(),
-                    addr,
-                    source,
-                })?;
-                let acceptor = Acceptor {
-                    name: name.clone(),
-                    tcp: Some(tcp),
-                    tls: tls.clone(),
-                    redirect_https: l.redirect_https.and(https_port).or(l.redirect_https),
-                    builders: builders.clone(),
-                    state: state.clone(),
-                    connections: connections.clone(),
-                    shutdown: shutdown.clone(),
-                    tracker: tracker.clone(),
-                    metrics: listener_metrics.clone(),
-                };
-                tracker.spawn_on(acceptor.run(), worker);
-            }
-        }
+        listeners.commit(plan).await;
         let reloader = Arc::new(Reloader::new(
             state.clone(),
             shutdown.clone(),
             metrics.clone(),
+            listeners.clone(),
         ));
         let admin_tasks = TaskTracker::new();
         let admin_addr = match (admin_tcp, &settings.admin) {
@@ -177,6 +159,7 @@ impl Gateway {
                     |source| {
                         // The accept loops already run: stop them with the failed start.
                         stopped.cancel();
+                        listeners.close();
                         StartError::AdminBind {
                             addr: admin.bind,
                             source,
@@ -197,20 +180,22 @@ impl Gateway {
             admin_addr,
             metrics,
             reloader,
-            grace: settings.server.shutdown_grace,
         })
     }
 
-    /// The address a listener actually bound (useful with port 0).
+    /// The address a listener actually bound (useful with port 0); `None` for a listener
+    /// that is not (or no longer) configured.
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
         self.listeners
-            .iter()
+            .addresses()
+            .into_iter()
             .find(|(name, _)| name == listener)
-            .map(|(_, addr)| *addr)
+            .map(|(_, addr)| addr)
     }
 
-    pub fn listeners(&self) -> &[(String, SocketAddr)] {
-        &self.listeners
+    /// `(name, bound address)` of every listener accepting now, in the file's order.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners.addresses()
     }
 
     /// The admin listener's bound address, when `admin:` is configured.
@@ -223,10 +208,12 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Swaps in a new configuration for routes, upstreams and policies. In-flight requests
-    /// finish on the state they started with. When the new JWT policies cannot be built the
-    /// running state is kept and the errors (naming `jwt_policies.NAME...`) are returned.
-    /// Counted in `gateway_config_reloads_total`.
+    /// Swaps in a new configuration: routes, upstreams, JWT policies, health checks,
+    /// certificates and listeners (see [`crate::listener::set`]). In-flight requests finish
+    /// on the state they started with and open connections carry on. When anything cannot be
+    /// built (JWT keys, a listener's socket) nothing changes and every error (naming
+    /// `jwt_policies.NAME...`, `listeners[N]...`) is returned. Counted in
+    /// `gateway_config_reloads_total`.
     pub async fn reload(&self, settings: Settings) -> Result<(), Vec<String>> {
         self.reloader.apply(settings).await
     }
@@ -255,13 +242,16 @@ impl Gateway {
     /// Stops accepting (listeners close at once) and starts draining connections.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+        self.listeners.close();
     }
 
     /// Waits for in-flight connections to finish, at most `server.shutdown_grace`.
     /// Returns false when the grace period ran out.
     pub async fn drained(&self) -> bool {
+        self.listeners.close();
         self.tracker.close();
-        let drained = tokio::time::timeout(self.grace, self.tracker.wait())
+        let grace = self.state.load().settings.server.shutdown_grace;
+        let drained = tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok();
         // The admin listener answered `/ready` with 503 during the drain; now it stops too.

@@ -123,7 +123,7 @@ fn demo_prints_commands_that_work_and_stops_on_sigterm() {
         .filter(|l| l.starts_with("curl "))
         .map(|c| run_printed(prelude[0], c))
         .collect();
-    assert!(ran.len() >= 6, "{banner:#?}");
+    assert!(ran.len() >= 8, "{banner:#?}");
 
     // 1. The open route: 200 from three different workers.
     let open: Vec<&Ran> = ran
@@ -201,6 +201,34 @@ fn demo_prints_commands_that_work_and_stops_on_sigterm() {
     for r in ran.iter().filter(|r| r.command.ends_with("/static/")) {
         assert_eq!(r.status, 200, "{}", r.output);
     }
+
+    // 5. The admin listener on loopback: the requests above in the metrics, and every demo
+    // worker in /upstreams.
+    let admin = |path: &str| {
+        ran.iter()
+            .find(|r| r.command.contains(path) && r.command.contains("http://127.0.0.1:"))
+            .unwrap_or_else(|| panic!("an admin {path} command in {banner:#?}"))
+    };
+    let metrics = admin("/metrics");
+    assert_eq!(metrics.status, 200, "{}", metrics.output);
+    assert!(
+        metrics
+            .output
+            .lines()
+            .any(|l| l.starts_with("gateway_requests_total{") && l.contains("route=\"open\"")),
+        "{}",
+        metrics.output
+    );
+    let upstreams = admin("/upstreams");
+    assert_eq!(upstreams.status, 200, "{}", upstreams.output);
+    let json = upstreams
+        .output
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b);
+    let doc: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {}", upstreams.output));
+    let servers = doc["upstreams"]["demo"]["servers"].as_array().cloned();
+    assert_eq!(servers.map(|s| s.len()), Some(3), "{}", upstreams.output);
 
     // SIGTERM: drains, exits 0, removes its folder.
     let pid = demo.0.id().to_string();

@@ -502,3 +502,141 @@ async fn access_log_has_one_json_line_per_request() {
         "{line}"
     );
 }
+
+/// The access line names the TLS version (HTTPS only), the HTTP version and the verified
+/// token's user id; and every other line a request logs (JWT rejection, passive ejection,
+/// retry, upstream error) carries the request id of its access line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_names_tls_and_user_and_every_line_has_the_request_id() {
+    let up = named_upstream("app").await;
+    let (down_a, down_b) = (closed_port().await, closed_port().await);
+    let ca = TestCa::new();
+    let (cert, key, _) = ca.issue("gateway", &["localhost"]);
+    let dir = tempfile::tempdir().unwrap();
+    let (port, tls_port) = (free_port(), free_port());
+    let config = dir.path().join("gateway.yaml");
+    let yaml = format!(
+        r#"server:
+  shutdown_grace: 5s
+listeners:
+  - name: http
+    bind: "127.0.0.1:{port}"
+  - name: https
+    bind: "127.0.0.1:{tls_port}"
+    tls:
+      certificates:
+        - cert: {cert:?}
+          key: {key:?}
+upstreams:
+  app:
+    servers: ["{up}"]
+  down:
+    servers: ["{down_a}", "{down_b}"]
+    connect_timeout: 1s
+    retries: 1
+    passive: {{ consecutive_failures: 1, eject_for: 30s }}
+jwt_policies:
+  django:
+    algorithms: [HS256]
+    key: {{ secret: "{JWT_SECRET}" }}
+    claims: {{ token_type: access }}
+routes:
+  - name: api
+    match: {{ path_prefix: /api/ }}
+    jwt: django
+    upstream: app
+  - name: down
+    match: {{ path_prefix: /down/ }}
+    upstream: down
+  - name: main
+    match: {{ path_prefix: / }}
+    upstream: app
+logging:
+  level: "info,gateway::auth=debug"
+  format: json
+  access_log: true
+"#,
+        up = up.addr,
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let mut gw = Running::start(&config);
+    wait_ready(&mut gw, &format!("http://127.0.0.1:{port}/ready-probe")).await;
+
+    let plain = client();
+    let http = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let send = |req: reqwest::RequestBuilder, id: &str| {
+        let req = req.header("X-Request-Id", id);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let tls_client = ca.client(&[("localhost", ([127, 0, 0, 1], tls_port).into())], false);
+    let https = format!("https://localhost:{tls_port}/over-tls");
+    assert_eq!(send(tls_client.get(&https), "log-tls").await, 200);
+    assert_eq!(send(plain.get(http("/plain")), "log-plain").await, 200);
+    let token = hs256(&access_claims(serde_json::json!({})));
+    let with_token = plain.get(http("/api/me")).bearer_auth(&token);
+    assert_eq!(send(with_token, "log-user").await, 200);
+    let forged = plain.get(http("/api/me")).bearer_auth(format!("{token}x"));
+    assert_eq!(send(forged, "log-forged").await, 401);
+    assert_eq!(send(plain.get(http("/down/x")), "log-down").await, 502);
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
+
+    let stderr = gw.stderr();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect();
+    let access = |id: &str| {
+        let found: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|v| v["target"] == "gateway::access" && v["request_id"] == id)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one access line for {id}; stderr:\n{stderr}"
+        );
+        found[0].clone()
+    };
+    let over_tls = access("log-tls");
+    assert_eq!(over_tls["tls"], "1.3", "{over_tls}");
+    assert_eq!(over_tls["http"], "2", "{over_tls}");
+    assert_eq!(over_tls["listener"], "https", "{over_tls}");
+    assert!(over_tls.get("user_id").is_none(), "{over_tls}");
+    let plain_line = access("log-plain");
+    assert!(plain_line.get("tls").is_none(), "{plain_line}");
+    assert_eq!(plain_line["http"], "1.1", "{plain_line}");
+    let user = access("log-user");
+    assert_eq!(user["user_id"], "42", "{user}");
+    assert_eq!(user["route"], "api", "{user}");
+    let forged_line = access("log-forged");
+    assert_eq!(forged_line["status"], 401);
+    assert!(forged_line.get("user_id").is_none(), "{forged_line}");
+    assert_eq!(access("log-down")["status"], 502);
+
+    // The other lines of those requests, found by message: each names its request.
+    let event = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            })
+            .collect()
+    };
+    for (message, id, count) in [
+        ("jwt rejected", "log-forged", 1),
+        ("server ejected", "log-down", 2),
+        ("retrying on another server", "log-down", 1),
+        ("upstream error", "log-down", 1),
+    ] {
+        let found = event(message);
+        assert_eq!(found.len(), count, "{message}; stderr:\n{stderr}");
+        for line in found {
+            assert_eq!(line["request_id"], id, "{line}");
+        }
+    }
+}

@@ -135,7 +135,7 @@ impl JwtPolicy {
     /// Logs (without the token) and counts a final rejection.
     fn rejected(&self, r: &Rejection) {
         self.rejections.record(r.reason);
-        tracing::debug!(policy = %self.name, reason = r.reason, "jwt rejected: {}", r.description);
+        tracing::debug!(request_id = %crate::observability::CurrentRequestId, policy = %self.name, reason = r.reason, "jwt rejected: {}", r.description);
     }
 
     /// Requests this policy refused so far, by reason.
@@ -200,7 +200,9 @@ impl JwtPolicy {
                         "token signature is not base64url",
                     ));
                 }
-                Err(e) => tracing::warn!(policy = %self.name, "jwt key unusable: {e}"),
+                Err(e) => {
+                    tracing::warn!(request_id = %crate::observability::CurrentRequestId, policy = %self.name, "jwt key unusable: {e}")
+                }
             }
         }
         if !verified {

@@ -1,7 +1,9 @@
 //! Listening sockets: bind, accept under the global connection limit, TLS handshake
 //! (bounded by `header_read_timeout`), then hand the connection to [`conn::serve`].
+//! [`set`] keeps the running set of listeners and changes it on reload.
 
 pub mod conn;
+pub mod set;
 pub mod tls;
 
 use std::io;
@@ -9,6 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -31,21 +34,32 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// What a reload may change on a listener that keeps its socket; read once per accepted
+/// connection, so a connection keeps what it started with.
+pub struct ListenerOptions {
+    /// Certificates, SNI map, ALPN and minimum version: new handshakes use the latest.
+    pub tls: Option<Arc<ServerConfig>>,
+    pub redirect_https: Option<u16>,
+    /// `gateway_active_connections` and the TLS handshake counters of this listener.
+    pub metrics: Arc<ListenerMetrics>,
+}
+
 /// Everything an accept loop needs; one per listener and worker thread.
 pub struct Acceptor {
     pub name: Arc<str>,
     /// Registered with the runtime the accept loop runs on when it starts.
     pub tcp: Option<std::net::TcpListener>,
-    pub tls: Option<TlsAcceptor>,
-    pub redirect_https: Option<u16>,
-    pub builders: Arc<Builders>,
+    /// Shared by the listener's accept loops on every worker; swapped on reload.
+    pub options: Arc<ArcSwap<ListenerOptions>>,
+    /// Built from `server:`; swapped on reload (new connections use the latest).
+    pub builders: Arc<ArcSwap<Builders>>,
     pub state: Arc<ArcSwap<State>>,
     /// Shared by all listeners: `server.max_connections`.
     pub connections: Arc<Semaphore>,
-    pub shutdown: CancellationToken,
+    /// Cancelled when this listener is removed by a reload or the gateway drains: the loop
+    /// stops accepting and the listener's connections finish their requests and close.
+    pub stop: CancellationToken,
     pub tracker: TaskTracker,
-    /// `gateway_active_connections` and the TLS handshake counters of this listener.
-    pub metrics: Arc<ListenerMetrics>,
 }
 
 impl Acceptor {
@@ -66,11 +80,11 @@ impl Acceptor {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
-                _ = self.shutdown.cancelled() => break,
+                _ = self.stop.cancelled() => break,
             };
             let accepted = tokio::select! {
                 accepted = tcp.accept() => accepted,
-                _ = self.shutdown.cancelled() => break,
+                _ = self.stop.cancelled() => break,
             };
             let (stream, peer) = match accepted {
                 Ok(pair) => pair,
@@ -83,8 +97,9 @@ impl Acceptor {
             };
             let _ = stream.set_nodelay(true);
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-            let task = self.connection_task(stream, peer);
-            let open = self.metrics.open();
+            let options = self.options.load_full();
+            let open = options.metrics.open();
+            let task = self.connection_task(stream, peer, options);
             self.tracker.spawn(async move {
                 let _permit = permit;
                 let _open = open;
@@ -98,6 +113,7 @@ impl Acceptor {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
+        options: Arc<ListenerOptions>,
     ) -> impl std::future::Future<Output = ()> {
         let state = self.state.clone();
         let current = state.load();
@@ -108,18 +124,19 @@ impl Acceptor {
             .any(|net| net.contains(&peer.ip()));
         let handshake_timeout = server.header_read_timeout;
         drop(current);
-        let tls = self.tls.clone();
-        let builders = self.builders.clone();
-        let shutdown = self.shutdown.clone();
+        let tls = options.tls.clone().map(TlsAcceptor::from);
+        let builders = self.builders.load_full();
+        let shutdown = self.stop.clone();
         let listener = self.name.clone();
-        let redirect_https = self.redirect_https;
-        let metrics = self.metrics.clone();
+        let redirect_https = options.redirect_https;
+        let metrics = options.metrics.clone();
         async move {
             let mut info = ConnInfo {
                 peer,
                 listener,
                 tls: tls.is_some(),
                 sni: None,
+                tls_version: None,
                 redirect_https,
                 peer_trusted,
             };
@@ -154,6 +171,8 @@ impl Acceptor {
                     let (_, session) = stream.get_ref();
                     metrics.handshake(session.protocol_version());
                     info.sni = session.server_name().map(|s| s.to_ascii_lowercase());
+                    info.tls_version =
+                        crate::observability::tls_version(session.protocol_version());
                     let protocol = match session.alpn_protocol() {
                         Some(b"h2") => Protocol::Http2,
                         _ => Protocol::Http1,

@@ -26,6 +26,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::error::{GatewayBody, GatewayError};
+use crate::observability::id_str;
 use client::{Failure, Limits, PooledBody};
 use headers::Forwarding;
 pub use pool::{set_worker_count, set_worker_index};
@@ -164,7 +165,7 @@ pub async fn forward<'u>(
                 });
                 match unsent {
                     Some(unsent) if tried.len() + 1 < attempts && upstream.try_retry() => {
-                        tracing::warn!(upstream = upstream.name(), error = %error, "retrying on another server");
+                        tracing::warn!(request_id = %id_str(fwd.request_id), upstream = upstream.name(), error = %error, "retrying on another server");
                         request = unsent;
                         tried.push(index);
                         last_error = Some(error);
@@ -244,7 +245,7 @@ fn finish_response(
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client)) = (switching, client_upgrade) {
         let upstream = hyper::upgrade::on(&mut response);
-        splice_upgrade(client, upstream, sender);
+        splice_upgrade(client, upstream, sender, request_id.clone());
         // The body of a 101 is empty; the connection now belongs to the splice.
         let (mut parts, _) = response.into_parts();
         headers::prepare_response(&mut parts.headers, true, request_id);
@@ -267,22 +268,23 @@ fn finish_response(
 }
 
 /// Joins the client's and the upstream's upgraded connections once both sides switched.
-/// `sender` keeps the upstream connection's request side open until hyper hands it over.
-fn splice_upgrade(client: OnUpgrade, upstream: OnUpgrade, sender: Sender) {
+/// `sender` keeps the upstream connection's request side open until hyper hands it over;
+/// `request_id` names the request in the splice's log lines (it outlives the handler).
+fn splice_upgrade(client: OnUpgrade, upstream: OnUpgrade, sender: Sender, request_id: HeaderValue) {
     tokio::spawn(async move {
         let joined = tokio::try_join!(client, upstream);
         drop(sender);
         let (client, upstream) = match joined {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::debug!(error = %e, "websocket upgrade failed");
+                tracing::debug!(request_id = %id_str(&request_id), error = %e, "websocket upgrade failed");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
         let mut upstream = TokioIo::new(upstream);
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "websocket connection ended");
+            tracing::debug!(request_id = %id_str(&request_id), error = %e, "websocket connection ended");
         }
     });
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::PassiveSettings;
 use crate::metrics::ServerMetrics;
+use crate::observability::CurrentRequestId;
 
 /// Weight of a faster sample in the peak-EWMA (a slower one takes over at once).
 const EWMA_ALPHA: f64 = 0.3;
@@ -101,7 +102,7 @@ impl ServerState {
             .is_ok()
         {
             self.metrics.set_ejected(false);
-            tracing::info!(upstream = %self.upstream, server = %self.label, "server back from ejection");
+            tracing::info!(request_id = %CurrentRequestId, upstream = %self.upstream, server = %self.label, "server back from ejection");
         }
         true
     }
@@ -189,6 +190,7 @@ impl ServerState {
         self.ejections_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.set_ejected(true);
         tracing::warn!(
+            request_id = %CurrentRequestId,
             upstream = %self.upstream,
             server = %self.label,
             failures = count,
