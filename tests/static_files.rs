@@ -402,3 +402,105 @@ async fn changes_on_disk_are_picked_up() {
     }
     assert!(gone, "deleted file still served");
 }
+
+#[tokio::test]
+async fn a_file_added_after_a_404_is_served_within_about_a_second() {
+    let site = Site::start().await;
+    let url = site.url("/static/css/late.css");
+    for _ in 0..3 {
+        assert_eq!(get(&url, &[]).await.0, 404);
+    }
+    std::fs::write(site.root().join("css/late.css"), "a { color: red }\n").unwrap();
+    let added = std::time::Instant::now();
+    let mut served = None;
+    while added.elapsed() < Duration::from_secs(5) {
+        let (status, _, body) = get(&url, &[]).await;
+        if status == 200 {
+            served = Some((added.elapsed(), body));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (after, body) = served.expect("the new file is served");
+    assert_eq!(body, b"a { color: red }\n");
+    // The miss is remembered for about a second (plus slack for a busy machine).
+    assert!(after < Duration::from_millis(2500), "took {after:?}");
+}
+
+/// A separate gateway over its own folder: `/off/` caches nothing, `/tiny/` keeps only
+/// files up to 8 bytes in memory.
+async fn cache_limits_site(dir: &std::path::Path) -> gateway::server::Gateway {
+    std::fs::create_dir_all(dir.join("files")).unwrap();
+    let yaml = r#"
+listeners:
+  - name: http
+    bind: "127.0.0.1:0"
+routes:
+  - match: { path_prefix: /off/ }
+    static: { root: ./files, cache_max_bytes: 0 }
+  - match: { path_prefix: /tiny/ }
+    static: { root: ./files, cache_max_file_bytes: 8B, cache_max_bytes: 1MiB }
+logging:
+  access_log: false
+"#;
+    common::TestGateway::start_in(yaml, dir).await
+}
+
+#[tokio::test]
+async fn cache_max_bytes_zero_reads_every_change_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = cache_limits_site(dir.path()).await;
+    let file = dir.path().join("files/a.txt");
+    let url = |prefix: &str| format!("http://{}{prefix}a.txt", gw.local_addr("http").unwrap());
+    assert_eq!(get(&url("/off/"), &[]).await.0, 404);
+    std::fs::write(&file, "one").unwrap();
+    // No remembered miss, no cached copy: every request sees the disk as it is.
+    assert_eq!(get(&url("/off/"), &[]).await.2, b"one");
+    std::fs::write(&file, "two").unwrap();
+    assert_eq!(get(&url("/off/"), &[]).await.2, b"two");
+    std::fs::write(&file, "three, longer than eight bytes").unwrap();
+    let (status, hd, body) = get(&url("/tiny/"), &[("Range", "bytes=0-4")]).await;
+    assert_eq!((status, body.as_slice()), (206, &b"three"[..]));
+    assert_eq!(h(&hd, "content-range"), Some("bytes 0-4/30"));
+    // Larger than cache_max_file_bytes: streamed from disk each time, so a change shows.
+    std::fs::write(&file, "four, also longer than eight").unwrap();
+    assert_eq!(
+        get(&url("/tiny/"), &[]).await.2,
+        b"four, also longer than eight"
+    );
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(get(&url("/off/"), &[]).await.0, 404);
+}
+
+#[test]
+fn cache_keys_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("files")).unwrap();
+    let config = |keys: &str| {
+        let yaml = format!(
+            "listeners: [{{ name: http, bind: \"127.0.0.1:0\" }}]\n\
+             routes:\n  - match: {{ path_prefix: /s/ }}\n    static: {{ root: ./files, {keys} }}\n"
+        );
+        gateway::config::load_str(&yaml, dir.path(), dir.path().join("gateway.yaml"))
+    };
+    assert!(config("cache_max_file_bytes: 16KiB, cache_max_bytes: 8MiB").is_ok());
+    assert!(config("cache_max_file_bytes: 0").is_ok());
+    assert!(config("cache_max_bytes: 0, cache_max_file_bytes: 1GiB").is_ok());
+    for (keys, path) in [
+        (
+            "cache_max_file_bytes: 2MiB, cache_max_bytes: 1MiB",
+            "routes[0].static.cache_max_file_bytes",
+        ),
+        ("cache_max_bytes: lots", "routes[0].static.cache_max_bytes"),
+        (
+            "cache_max_file_bytes: -1",
+            "routes[0].static.cache_max_file_bytes",
+        ),
+    ] {
+        let err = config(keys)
+            .err()
+            .unwrap_or_else(|| panic!("{keys} accepted"));
+        let text = err.to_string();
+        assert!(text.contains(path), "{keys}: {text}");
+    }
+}

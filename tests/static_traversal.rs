@@ -96,3 +96,37 @@ async fn the_fallback_route_reads_nothing_outside_either() {
         assert_eq!(r.status, 200, "{target}");
     }
 }
+
+/// A served (and cached) file swapped for a symlink to the secret: once the cache looks at
+/// the disk again the path is a 404, and the secret never appears. (The window between the
+/// check and the open is covered by the unit tests in `src/static_files/resolve_tests.rs`.)
+#[cfg(unix)]
+#[tokio::test]
+async fn a_file_swapped_for_an_outside_symlink_is_not_served() {
+    let site = Site::start().await;
+    let target = "/static/swap.txt";
+    let path = site.root().join("swap.txt");
+    std::fs::write(&path, "public").unwrap();
+    let r = raw(site.addr(), "GET", target, &[]).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"public"[..]));
+    let link = site.root().join("swap.tmp");
+    std::os::unix::fs::symlink(site.root().parent().unwrap().join("secret.txt"), &link).unwrap();
+    std::fs::rename(&link, &path).unwrap();
+    let swapped = std::time::Instant::now();
+    let mut gone = false;
+    while swapped.elapsed() < std::time::Duration::from_secs(5) {
+        for method in ["GET", "HEAD"] {
+            let r = raw(site.addr(), method, target, &["Accept-Encoding: gzip, br"]).await;
+            assert!(
+                !r.text.contains(SECRET),
+                "{method} {target} leaked the secret"
+            );
+            gone |= r.status == 404;
+        }
+        if gone {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the swapped path is still served");
+}

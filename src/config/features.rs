@@ -21,6 +21,11 @@ pub struct StaticSettings {
     pub compress: bool,
     /// `true` for `fallback: upstream`.
     pub fallback_upstream: bool,
+    /// Files up to this size are kept in memory; larger ones are streamed. 0: none.
+    pub cache_max_file_bytes: u64,
+    /// Memory for cached files of this route (and, up to 1 MiB of it, for remembered
+    /// misses). 0: nothing is cached, every request looks at the disk.
+    pub cache_max_bytes: u64,
 }
 
 /// A validated route `rate_limit:` block: a bucket of `burst` refilled `rate` per `per`.
@@ -77,6 +82,21 @@ pub(crate) fn static_files(
             false
         }
     };
+    let cache_max_file_bytes = raw
+        .cache_max_file_bytes
+        .map_or(defaults::STATIC_CACHE_MAX_FILE_BYTES, |b| b.0);
+    let cache_max_bytes = raw
+        .cache_max_bytes
+        .map_or(defaults::STATIC_CACHE_MAX_BYTES, |b| b.0);
+    if cache_max_bytes > 0 && cache_max_file_bytes > cache_max_bytes {
+        errs.add(
+            format!("{path}.cache_max_file_bytes"),
+            format!(
+                "{cache_max_file_bytes} bytes is more than cache_max_bytes ({cache_max_bytes}): \
+                 such files could never be cached (0 turns file caching off)"
+            ),
+        );
+    }
     let settings = StaticSettings {
         root,
         index,
@@ -85,6 +105,8 @@ pub(crate) fn static_files(
         max_age: raw.max_age.map_or(defaults::STATIC_MAX_AGE, |d| d.0),
         compress: raw.compress.unwrap_or(false),
         fallback_upstream,
+        cache_max_file_bytes,
+        cache_max_bytes,
     };
     (errs.count() == before).then_some(settings)
 }
@@ -163,6 +185,44 @@ mod tests {
         assert_eq!(s.index, ["index.html"]);
         assert_eq!(s.max_age, Duration::from_secs(120));
         assert!(s.fallback_upstream && s.immutable_hashed && !s.compress);
+        assert_eq!(
+            (s.cache_max_file_bytes, s.cache_max_bytes),
+            (256 * 1024, 64 * 1024 * 1024)
+        );
+
+        let raw: RawStatic = serde_yaml::from_str(
+            "{ root: ./static, cache_max_file_bytes: 16KiB, cache_max_bytes: 1048576 }",
+        )
+        .unwrap();
+        let (s, errs) = errs_for(|e| static_files(&raw, "s", dir.path(), e));
+        assert!(errs.is_empty(), "{errs:?}");
+        let s = s.unwrap();
+        assert_eq!(
+            (s.cache_max_file_bytes, s.cache_max_bytes),
+            (16384, 1 << 20)
+        );
+        // 0 turns caching off, whatever the per-file limit.
+        for yaml in [
+            "{ root: ./static, cache_max_bytes: 0, cache_max_file_bytes: 1MiB }",
+            "{ root: ./static, cache_max_file_bytes: 0 }",
+        ] {
+            let raw: RawStatic = serde_yaml::from_str(yaml).unwrap();
+            let (s, errs) = errs_for(|e| static_files(&raw, "s", dir.path(), e));
+            assert!(errs.is_empty() && s.is_some(), "{yaml}: {errs:?}");
+        }
+        let raw: RawStatic = serde_yaml::from_str(
+            "{ root: ./static, cache_max_file_bytes: 2MiB, cache_max_bytes: 1MiB }",
+        )
+        .unwrap();
+        let (s, errs) = errs_for(|e| static_files(&raw, "s", dir.path(), e));
+        assert!(s.is_none());
+        assert_eq!(errs, ["s.cache_max_file_bytes"]);
+        for bad in [
+            "{ root: ./static, cache_max_bytes: lots }",
+            "{ root: ./static, cache_max_file_bytes: -1 }",
+        ] {
+            assert!(serde_yaml::from_str::<RawStatic>(bad).is_err(), "{bad}");
+        }
 
         let raw: RawStatic = serde_yaml::from_str(
             "{ root: ./nope, index: [../x], precompressed: [zstd], fallback: maybe }",

@@ -53,6 +53,8 @@ pub mod defaults {
 
     pub const STATIC_INDEX: [&str; 1] = ["index.html"];
     pub const STATIC_MAX_AGE: Duration = Duration::from_secs(60);
+    pub const STATIC_CACHE_MAX_FILE_BYTES: u64 = 256 * 1024;
+    pub const STATIC_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
     pub const RATE_LIMIT_KEY: &str = "client_ip";
 
@@ -297,6 +299,8 @@ pub struct RawStatic {
     pub max_age: Option<DurationValue>,
     pub compress: Option<bool>,
     pub fallback: Option<String>,
+    pub cache_max_file_bytes: Option<ByteSize>,
+    pub cache_max_bytes: Option<ByteSize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,6 +2,9 @@
 
 use std::time::UNIX_EPOCH;
 
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, ETAG, VARY};
+
 use super::super::resolve::FileVariant;
 use super::*;
 
@@ -76,7 +79,7 @@ fn siblings_win_over_compression_and_small_or_binary_files_stay_plain() {
 
 #[test]
 fn cache_is_bounded_by_bytes() {
-    let cache = FileCache::new(64 * 1024);
+    let cache = FileCache::new(64 * 1024, 4096);
     let data = vec![b'x'; 4000];
     for i in 0..100 {
         let e = Entry::build(loaded("a.bin", &data, &[]), OPTIONS, 0);
@@ -88,7 +91,7 @@ fn cache_is_bounded_by_bytes() {
 
 #[test]
 fn one_caller_claims_each_revalidation() {
-    let cache = FileCache::new(1 << 20);
+    let cache = FileCache::new(1 << 20, 64 * 1024);
     let now = cache.now_ms();
     let e = Entry::build(loaded("a.txt", b"hi", &[]), OPTIONS, now);
     cache.insert("/a.txt", Arc::new(e));
@@ -104,4 +107,109 @@ fn one_caller_claims_each_revalidation() {
     assert_eq!(cache.get("/a.txt").map(|(_, f)| f), Some(Freshness::Fresh));
     cache.remove("/a.txt");
     assert!(cache.get("/a.txt").is_none());
+}
+
+#[test]
+fn each_variant_carries_its_prepared_headers() {
+    let e = Entry::build(loaded("app.css", &css(200), &[Encoding::Gzip]), OPTIONS, 0);
+    let (plain, gz) = (&e.variants[0], &e.variants[1]);
+    assert_eq!(plain.headers[CONTENT_LENGTH], css(200).len().to_string());
+    assert_eq!(gz.headers[CONTENT_LENGTH], "3");
+    assert_eq!(plain.headers[ETAG], plain.etag);
+    assert_eq!(gz.headers[ETAG], gz.etag);
+    assert!(plain.headers.get(CONTENT_ENCODING).is_none());
+    assert_eq!(gz.headers[CONTENT_ENCODING], "gzip");
+    assert_eq!(plain.headers[VARY], "Accept-Encoding");
+    let single = Entry::build(loaded("a.png", &[1, 2, 3], &[]), OPTIONS, 0);
+    assert!(single.variants[0].headers.get(VARY).is_none());
+}
+
+#[test]
+fn misses_are_remembered_and_one_caller_claims_each_recheck() {
+    let cache = FileCache::new(1 << 20, 64 * 1024);
+    assert_eq!(cache.get_miss("/new.css"), None);
+    cache.insert_miss("/new.css", cache.now_ms());
+    assert_eq!(cache.get_miss("/new.css"), Some(Freshness::Fresh));
+    assert_eq!(cache.miss_len(), 1);
+    // Found later: the miss is forgotten.
+    let e = Entry::build(loaded("new.css", b"a{}", &[]), OPTIONS, cache.now_ms());
+    cache.insert("/new.css", Arc::new(e));
+    assert_eq!(cache.get_miss("/new.css"), None);
+    assert!(cache.get("/new.css").is_some());
+    // Deleted later: the entry is forgotten.
+    cache.insert_miss("/new.css", 0);
+    assert!(cache.get("/new.css").is_none());
+    std::thread::sleep(REVALIDATE_AFTER);
+    assert_eq!(cache.get_miss("/new.css"), Some(Freshness::Revalidate));
+    assert_eq!(cache.get_miss("/new.css"), Some(Freshness::Fresh));
+    cache.remove("/new.css");
+    assert_eq!(cache.get_miss("/new.css"), None);
+}
+
+#[test]
+fn a_flood_of_distinct_missing_paths_stays_bounded() {
+    let cache = FileCache::new(64 * 1024 * 1024, 256 * 1024);
+    let hot = Entry::build(loaded("app.css", b"a{}", &[]), OPTIONS, cache.now_ms());
+    cache.insert("/app.css", Arc::new(hot));
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut random_path = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        format!("/wp-admin/{state:016x}/{:x}.php", state.rotate_left(17))
+    };
+    let now = cache.now_ms();
+    for _ in 0..20_000 {
+        cache.insert_miss(&random_path(), now);
+    }
+    let table_early = cache.miss_table_bytes();
+    for _ in 0..300_000 {
+        cache.insert_miss(&random_path(), now);
+    }
+    // Counted bytes stay under the budget, so the number of keys (and their heap) does too.
+    assert!(
+        cache.miss_weight() <= MISS_CACHE_BYTES,
+        "{}",
+        cache.miss_weight()
+    );
+    let most = (MISS_CACHE_BYTES / MISS_OVERHEAD) as usize;
+    assert!(cache.miss_len() <= most, "{} misses", cache.miss_len());
+    assert!(cache.miss_len() > 1000, "misses are kept at all");
+    // The cache's own tables do not grow with the flood either.
+    let table_late = cache.miss_table_bytes();
+    assert!(
+        table_late <= table_early + table_early / 4 && table_late < 4 << 20,
+        "miss tables grew from {table_early} to {table_late} bytes"
+    );
+    // Misses never push files out.
+    assert!(cache.get("/app.css").is_some());
+}
+
+#[test]
+fn zero_capacity_caches_nothing() {
+    let cache = FileCache::new(0, 256 * 1024);
+    let e = Entry::build(loaded("a.txt", b"hi", &[]), OPTIONS, 0);
+    cache.insert("/a.txt", Arc::new(e));
+    cache.insert_miss("/b.txt", 0);
+    assert!(cache.get("/a.txt").is_none());
+    assert_eq!(cache.get_miss("/b.txt"), None);
+    assert_eq!((cache.len(), cache.miss_len(), cache.weight()), (0, 0, 0));
+}
+
+#[test]
+fn a_largest_file_fits_even_in_a_small_cache() {
+    // quick_cache refuses items heavier than one shard: shards follow the file limit.
+    let cache = FileCache::new(1 << 20, 256 * 1024);
+    let data = vec![b'x'; 256 * 1024];
+    let e = Entry::build(loaded("big.bin", &data, &[]), OPTIONS, 0);
+    cache.insert("/big.bin", Arc::new(e));
+    assert!(cache.get("/big.bin").is_some());
+}
+
+#[test]
+fn huge_limits_do_not_overflow() {
+    let cache = FileCache::new(u64::MAX, u64::MAX);
+    let e = Entry::build(loaded("a.txt", b"hi", &[]), OPTIONS, 0);
+    cache.insert("/a.txt", Arc::new(e));
+    assert!(cache.get("/a.txt").is_some());
 }

@@ -4,7 +4,8 @@
 //! A request travels through:
 //! 1. method check          — only GET and HEAD ([`StaticMiss::MethodNotAllowed`] otherwise);
 //! 2. prefix strip          — `/static/css/a.css` on a `/static/` route is `root/css/a.css`;
-//! 3. cache                 — small files answer from memory with no syscall ([`cache`]);
+//! 3. cache                 — small files answer from memory with no syscall, and a path
+//!    recently found missing is a miss with no syscall either ([`cache`]);
 //! 4. resolve (blocking)    — safe path → canonical file under the root ([`resolve`]) and its
 //!    precompressed siblings, on `spawn_blocking`;
 //! 5. negotiate and answer  — encoding, validators, ranges ([`negotiate`], `respond`).
@@ -19,6 +20,7 @@ pub mod negotiate;
 pub mod resolve;
 mod respond;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::header::{HeaderValue, LOCATION};
@@ -65,6 +67,8 @@ pub struct StaticSite {
     options: EntryOptions,
     fallback_upstream: bool,
     cache: FileCache,
+    /// Blocking lookups started (cache misses and revalidations), for stats and tests.
+    disk_lookups: AtomicU64,
 }
 
 /// A prepared entry: shared from the cache, or owned (holding open files) for this response.
@@ -86,6 +90,9 @@ enum Outcome {
 impl StaticSite {
     /// Touches no file: the root is canonicalised on each lookup.
     pub fn new(settings: &StaticSettings, path_prefix: &str) -> StaticSite {
+        // With nothing cached, reading small files into memory only to drop them would be
+        // wasted: every file is streamed from its open handle instead.
+        let caching = settings.cache_max_bytes > 0 && settings.cache_max_file_bytes > 0;
         StaticSite {
             prefix: path_prefix.trim_end_matches('/').to_owned(),
             lookup: Arc::new(Lookup {
@@ -96,7 +103,11 @@ impl StaticSite {
                     .iter()
                     .filter_map(|name| Encoding::from_config(name))
                     .collect(),
-                max_in_memory: cache::MAX_IN_MEMORY,
+                max_in_memory: if caching {
+                    settings.cache_max_file_bytes
+                } else {
+                    0
+                },
             }),
             options: EntryOptions {
                 immutable_hashed: settings.immutable_hashed,
@@ -104,7 +115,8 @@ impl StaticSite {
                 compress: settings.compress,
             },
             fallback_upstream: settings.fallback_upstream,
-            cache: FileCache::new(cache::CACHE_BYTES),
+            cache: FileCache::new(settings.cache_max_bytes, settings.cache_max_file_bytes),
+            disk_lookups: AtomicU64::new(0),
         }
     }
 
@@ -116,6 +128,11 @@ impl StaticSite {
     /// The in-memory cache (for stats and tests).
     pub fn cache(&self) -> &FileCache {
         &self.cache
+    }
+
+    /// How many lookups went to the disk (on a blocking thread) so far.
+    pub fn disk_lookups(&self) -> u64 {
+        self.disk_lookups.load(Ordering::Relaxed)
     }
 
     /// Answers a GET or HEAD for `normalized_path` (the whole path, prefix included, as
@@ -136,15 +153,21 @@ impl StaticSite {
             Some((entry, Freshness::Fresh)) => Served::Shared(entry),
             Some((entry, Freshness::Revalidate)) => {
                 let previous = entry.stamps().to_vec();
+                let now = self.cache.now_ms();
                 match self.load(rest, Some(previous)).await? {
                     Outcome::Unchanged => Served::Shared(entry),
-                    other => self.settle(rest, other, parts, normalized_path)?,
+                    other => self.settle(rest, other, parts, normalized_path, now)?,
                 }
             }
-            None => {
-                let outcome = self.load(rest, None).await?;
-                self.settle(rest, outcome, parts, normalized_path)?
-            }
+            None => match self.cache.get_miss(rest) {
+                Some(Freshness::Fresh) => return Err(StaticMiss::NotFound),
+                // Not seen lately, or this caller claimed the miss's revalidation.
+                Some(Freshness::Revalidate) | None => {
+                    let now = self.cache.now_ms();
+                    let outcome = self.load(rest, None).await?;
+                    self.settle(rest, outcome, parts, normalized_path, now)?
+                }
+            },
         };
         let response = match served {
             Served::Shared(entry) => respond::respond(parts, &entry, None),
@@ -164,6 +187,7 @@ impl StaticSite {
         previous: Option<Vec<(Encoding, Stamp)>>,
     ) -> Result<Outcome, StaticMiss> {
         let rel = RelPath::parse(rest).ok_or(StaticMiss::NotFound)?;
+        self.disk_lookups.fetch_add(1, Ordering::Relaxed);
         let lookup = self.lookup.clone();
         let options = self.options;
         let now = self.cache.now_ms();
@@ -176,18 +200,20 @@ impl StaticSite {
             })
             .await;
         outcome.map_err(|e| {
-            tracing::warn!(error = %e, "static lookup task failed");
+            tracing::warn!(request_id = %crate::observability::CurrentRequestId, error = %e, "static lookup task failed");
             StaticMiss::NotFound
         })
     }
 
-    /// Caches what can be cached and turns the other outcomes into responses or misses.
+    /// Caches what can be cached (a miss as of `asked_ms`, when the lookup started) and
+    /// turns the other outcomes into responses or misses.
     fn settle(
         &self,
         rest: &str,
         outcome: Outcome,
         parts: &Parts,
         normalized_path: &str,
+        asked_ms: u64,
     ) -> Result<Served, StaticMiss> {
         match outcome {
             Outcome::Entry(entry) if entry.cacheable() => {
@@ -208,7 +234,7 @@ impl StaticSite {
                     .ok_or(StaticMiss::NotFound)
             }
             Outcome::Missing => {
-                self.cache.remove(rest);
+                self.cache.insert_miss(rest, asked_ms);
                 Err(StaticMiss::NotFound)
             }
         }
@@ -228,3 +254,7 @@ fn redirect(parts: &Parts, normalized_path: &str) -> Option<Response<GatewayBody
     response.headers_mut().insert(LOCATION, location);
     Some(response)
 }
+
+#[cfg(test)]
+#[path = "site_tests.rs"]
+mod tests;

@@ -5,7 +5,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::header::{ACCEPT_ENCODING, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 /// A content coding the gateway can serve, in preference order for ties.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,6 +52,51 @@ impl Encoding {
     }
 }
 
+/// The request headers that shape a static answer, found in one pass over the request's
+/// headers (cheaper than a hashed lookup per rule for the few headers a request carries),
+/// so that requests without them skip those rules entirely.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Present<'a> {
+    /// The first `Accept-Encoding` line.
+    pub accept_encoding: Option<&'a HeaderValue>,
+    /// More than one `Accept-Encoding` line.
+    pub more_accept_encoding: bool,
+    /// `If-None-Match` or `If-Modified-Since`.
+    pub conditional: bool,
+    /// `Range` (`If-Range` only matters with it).
+    pub range: bool,
+}
+
+impl<'a> Present<'a> {
+    pub fn scan(headers: &'a HeaderMap) -> Present<'a> {
+        let mut present = Present::default();
+        for (name, value) in headers {
+            if name == ACCEPT_ENCODING {
+                if present.accept_encoding.is_none() {
+                    present.accept_encoding = Some(value);
+                } else {
+                    present.more_accept_encoding = true;
+                }
+            } else if name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE {
+                present.conditional = true;
+            } else if name == RANGE {
+                present.range = true;
+            }
+        }
+        present
+    }
+
+    /// The parsed `Accept-Encoding` of the scanned request.
+    pub fn accept(&self, headers: &HeaderMap) -> AcceptEncoding {
+        match (self.accept_encoding, self.more_accept_encoding) {
+            (None, _) => AcceptEncoding::IDENTITY,
+            (Some(value), false) => AcceptEncoding::common(value.as_bytes())
+                .unwrap_or_else(|| AcceptEncoding::from_values([value])),
+            (Some(_), true) => AcceptEncoding::parse(headers),
+        }
+    }
+}
+
 /// A parsed `Accept-Encoding`: the q-value (in thousandths) of each coding we can serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AcceptEncoding {
@@ -61,30 +106,81 @@ pub struct AcceptEncoding {
 }
 
 impl AcceptEncoding {
+    /// What a request without `Accept-Encoding` accepts.
+    pub const IDENTITY: AcceptEncoding = AcceptEncoding {
+        br: 0,
+        gzip: 0,
+        identity: 1,
+    };
+
+    /// The values browsers, curl and load generators send, byte for byte, with what they
+    /// parse to (a unit test holds each to the parser).
+    const COMMON: [(&'static [u8], AcceptEncoding); 7] = {
+        let gzip = AcceptEncoding {
+            br: 0,
+            gzip: 1000,
+            identity: 1,
+        };
+        let both = AcceptEncoding {
+            br: 1000,
+            gzip: 1000,
+            identity: 1,
+        };
+        [
+            (b"gzip", gzip),
+            (b"gzip, deflate", gzip),
+            (b"gzip, deflate, br", both),
+            (b"gzip, deflate, br, zstd", both),
+            (b"br, gzip", both),
+            (b"gzip, br", both),
+            (b"br", AcceptEncoding { gzip: 0, ..both }),
+        ]
+    };
+
+    /// A common value answered without parsing.
+    fn common(value: &[u8]) -> Option<AcceptEncoding> {
+        AcceptEncoding::COMMON
+            .iter()
+            .find(|(known, _)| *known == value)
+            .map(|(_, accept)| *accept)
+    }
+
     /// No header (or an unusable one) means identity only.
     pub fn parse(headers: &HeaderMap) -> AcceptEncoding {
+        AcceptEncoding::from_values(headers.get_all(ACCEPT_ENCODING))
+    }
+
+    /// From the `Accept-Encoding` lines of a request. Works on bytes: a line that is not
+    /// visible ASCII text is ignored whole.
+    pub fn from_values<'v>(values: impl IntoIterator<Item = &'v HeaderValue>) -> AcceptEncoding {
         let mut br = None;
         let mut gzip = None;
         let mut identity = None;
         let mut star = None;
-        for value in headers.get_all(ACCEPT_ENCODING) {
-            let Ok(text) = value.to_str() else { continue };
-            for item in text.split(',') {
-                let mut params = item.split(';');
-                let coding = params.next().unwrap_or_default().trim();
+        for value in values {
+            let bytes = value.as_bytes();
+            if !bytes
+                .iter()
+                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+            {
+                continue;
+            }
+            for item in bytes.split(|&b| b == b',') {
+                let mut params = item.split(|&b| b == b';');
+                let coding = params.next().unwrap_or_default().trim_ascii();
                 if coding.is_empty() {
                     continue;
                 }
                 let Some(q) = quality(params) else { continue };
-                let slot = if coding.eq_ignore_ascii_case("br") {
+                let slot = if coding.eq_ignore_ascii_case(b"br") {
                     &mut br
-                } else if coding.eq_ignore_ascii_case("gzip")
-                    || coding.eq_ignore_ascii_case("x-gzip")
+                } else if coding.eq_ignore_ascii_case(b"gzip")
+                    || coding.eq_ignore_ascii_case(b"x-gzip")
                 {
                     &mut gzip
-                } else if coding.eq_ignore_ascii_case("identity") {
+                } else if coding.eq_ignore_ascii_case(b"identity") {
                     &mut identity
-                } else if coding == "*" {
+                } else if coding == b"*" {
                     &mut star
                 } else {
                     continue;
@@ -121,30 +217,36 @@ impl AcceptEncoding {
 }
 
 /// The `q` parameter of one list item in thousandths (1000 if absent); `None` if malformed.
-fn quality<'a>(params: impl Iterator<Item = &'a str>) -> Option<u16> {
+fn quality<'a>(params: impl Iterator<Item = &'a [u8]>) -> Option<u16> {
     let mut q = 1000;
     for param in params {
-        let Some((name, value)) = param.split_once('=') else {
+        let Some(eq) = param.iter().position(|&b| b == b'=') else {
             continue;
         };
-        if !name.trim().eq_ignore_ascii_case("q") {
+        if !param[..eq].trim_ascii().eq_ignore_ascii_case(b"q") {
             continue;
         }
-        q = parse_q(value.trim())?;
+        q = parse_q(param[eq + 1..].trim_ascii())?;
     }
     Some(q)
 }
 
 /// RFC 9110 §12.4.2 `qvalue`: `0`, `0.5`, `1`, `1.000`, at most three decimals.
-fn parse_q(text: &str) -> Option<u16> {
-    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+fn parse_q(text: &[u8]) -> Option<u16> {
+    let (int, frac) = match text.iter().position(|&b| b == b'.') {
+        Some(dot) => (&text[..dot], &text[dot + 1..]),
+        None => (text, &[][..]),
+    };
+    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let thousandths: u16 = format!("{frac:0<3}").parse().ok()?;
+    // `0.5` is 500 thousandths: missing digits count as zeros.
+    let thousandths = (0..3).fold(0u16, |acc, i| {
+        acc * 10 + frac.get(i).map_or(0, |d| u16::from(d - b'0'))
+    });
     match int {
-        "0" => Some(thousandths),
-        "1" if thousandths == 0 => Some(1000),
+        b"0" => Some(thousandths),
+        b"1" if thousandths == 0 => Some(1000),
         _ => None,
     }
 }

@@ -68,13 +68,17 @@ fn negotiation_honours_q_values() {
 
 #[test]
 fn q_values_parse_like_rfc_9110() {
-    assert_eq!(parse_q("0"), Some(0));
-    assert_eq!(parse_q("0.5"), Some(500));
-    assert_eq!(parse_q("0.125"), Some(125));
-    assert_eq!(parse_q("1"), Some(1000));
-    assert_eq!(parse_q("1.000"), Some(1000));
-    for bad in ["1.5", "2", "-1", "0.5.1", "", ".5", "0.1234", "0.x"] {
-        assert_eq!(parse_q(bad), None, "{bad}");
+    assert_eq!(parse_q(b"0"), Some(0));
+    assert_eq!(parse_q(b"0.5"), Some(500));
+    assert_eq!(parse_q(b"0.05"), Some(50));
+    assert_eq!(parse_q(b"0.125"), Some(125));
+    assert_eq!(parse_q(b"0."), Some(0));
+    assert_eq!(parse_q(b"1"), Some(1000));
+    assert_eq!(parse_q(b"1.000"), Some(1000));
+    for bad in [
+        "1.5", "2", "-1", "0.5.1", "", ".5", "0.1234", "0.x", "1.001", "00.5",
+    ] {
+        assert_eq!(parse_q(bad.as_bytes()), None, "{bad}");
     }
 }
 
@@ -191,4 +195,55 @@ fn if_range_needs_a_strong_match_or_the_exact_date() {
     );
     assert_eq!(with(&httpdate::fmt_http_date(at(1_600_000_000))), Full);
     assert_eq!(with("garbage"), Full);
+}
+
+#[test]
+fn one_scan_finds_what_shapes_the_answer() {
+    let h = headers(&[("host", "x"), ("user-agent", "curl")]);
+    let p = Present::scan(&h);
+    assert_eq!(p, Present::default());
+    assert_eq!(p.accept(&h), AcceptEncoding::IDENTITY);
+    assert_eq!(AcceptEncoding::parse(&h), AcceptEncoding::IDENTITY);
+
+    let h = headers(&[
+        ("accept-encoding", "gzip"),
+        ("if-modified-since", "x"),
+        ("range", "bytes=0-1"),
+    ]);
+    let p = Present::scan(&h);
+    assert!(p.conditional && p.range && !p.more_accept_encoding);
+    assert_eq!(p.accept(&h).choose(ALL), Some(Encoding::Gzip));
+    let h = headers(&[("if-none-match", "*")]);
+    let p = Present::scan(&h);
+    assert!(p.conditional && !p.range && p.accept_encoding.is_none());
+
+    // Several lines are one list.
+    let h = headers(&[("accept-encoding", "br;q=0"), ("accept-encoding", "gzip")]);
+    let p = Present::scan(&h);
+    assert!(p.more_accept_encoding);
+    assert_eq!(p.accept(&h).choose(ALL), Some(Encoding::Gzip));
+    assert_eq!(p.accept(&h), AcceptEncoding::parse(&h));
+}
+
+#[test]
+fn a_line_that_is_not_text_is_ignored() {
+    let mut h = HeaderMap::new();
+    h.append(
+        "accept-encoding",
+        HeaderValue::from_bytes(b"br, \xff").unwrap(),
+    );
+    h.append("accept-encoding", HeaderValue::from_static("gzip;q=0.5"));
+    let accept = AcceptEncoding::parse(&h);
+    assert_eq!(accept.q(Encoding::Br), 0);
+    assert_eq!(accept.q(Encoding::Gzip), 500);
+}
+
+#[test]
+fn common_values_mean_what_the_parser_says() {
+    for (value, accept) in AcceptEncoding::COMMON {
+        let line = HeaderValue::from_bytes(value).unwrap();
+        assert_eq!(AcceptEncoding::from_values([&line]), accept, "{line:?}");
+        assert_eq!(AcceptEncoding::common(value), Some(accept));
+    }
+    assert_eq!(AcceptEncoding::common(b"gzip;q=0"), None);
 }

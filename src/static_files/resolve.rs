@@ -11,6 +11,12 @@
 //!    root (so a symlink that resolves outside is not followed); only regular files are
 //!    opened. The root is canonicalised on every lookup, so a deploy that swaps a `current`
 //!    symlink is picked up without a reload.
+//! 3. After opening, the *opened* file is checked again ([`opened_inside`]): a path component
+//!    swapped for an outside-pointing symlink between the check and the open would otherwise
+//!    be followed. On Linux the kernel's own name for the open descriptor
+//!    (`/proc/self/fd/N`) must lie under the root; elsewhere (or without `/proc`) the path is
+//!    resolved again and must name the very file (device and inode) that was opened. Only
+//!    then is a byte read.
 
 use std::ffi::OsString;
 use std::fs::{File, Metadata};
@@ -218,7 +224,7 @@ impl Lookup {
         }
         let mut variants = Vec::with_capacity(found.len());
         for (encoding, canonical, _) in found {
-            match self.open(&canonical) {
+            match self.open(&root, &canonical) {
                 Ok((stamp, body)) => variants.push(FileVariant {
                     encoding,
                     stamp,
@@ -233,16 +239,26 @@ impl Lookup {
         Ok(Found::File(Loaded { name, variants }))
     }
 
-    /// Opens a regular file; small ones are read whole. The stamp is taken from the open
-    /// handle, so it describes exactly the bytes served.
-    fn open(&self, canonical: &Path) -> io::Result<(Stamp, Body)> {
+    /// Opens a regular file under `root` (canonical); small ones are read whole. The stamp
+    /// is taken from the open handle, so it describes exactly the bytes served.
+    fn open(&self, root: &Path, canonical: &Path) -> io::Result<(Stamp, Body)> {
         let file = File::open(canonical)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
         }
+        if !opened_inside(root, canonical, &file, &meta) {
+            tracing::warn!(
+                path = %canonical.display(),
+                "static file resolved outside the root when opened; refused"
+            );
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "opened file lies outside the static root",
+            ));
+        }
         let stamp = Stamp::of(&meta);
-        if stamp.len > self.max_in_memory {
+        if stamp.len > self.max_in_memory || self.max_in_memory == 0 {
             return Ok((stamp, Body::File(file)));
         }
         let mut bytes = Vec::with_capacity(usize::try_from(stamp.len).unwrap_or(0));
@@ -253,6 +269,45 @@ impl Lookup {
             ..stamp
         };
         Ok((stamp, Body::Memory(Bytes::from(bytes))))
+    }
+}
+
+/// Whether the file opened from `canonical` (checked to lie under `root` before the open)
+/// really is under `root`: see the module docs, step 3.
+fn opened_inside(root: &Path, canonical: &Path, file: &File, meta: &Metadata) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // The kernel's name of what the descriptor holds: no path is walked again, so
+        // nothing swapped afterwards can change the answer.
+        if let Ok(actual) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+            return actual.starts_with(root);
+        }
+    }
+    let _ = file;
+    same_file_inside(root, canonical, meta)
+}
+
+/// Without `/proc`: `canonical` resolved again must still lie under `root` and name the
+/// opened file (device and inode). Best effort: a second swap timed between this
+/// re-resolution and its `stat` could still pass; the `/proc` check above has no such gap.
+fn same_file_inside(root: &Path, canonical: &Path, opened: &Metadata) -> bool {
+    let Ok(again) = std::fs::canonicalize(canonical) else {
+        return false;
+    };
+    if !again.starts_with(root) {
+        return false;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&again)
+            .is_ok_and(|now| now.dev() == opened.dev() && now.ino() == opened.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = opened;
+        true
     }
 }
 

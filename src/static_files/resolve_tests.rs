@@ -162,3 +162,94 @@ fn symlinks_are_followed_only_inside_the_root() {
         Found::File(_)
     ));
 }
+
+/// The window between the checks and the open: `inside` approved a path, then a component
+/// of it is swapped for a symlink leading out before `open` runs.
+#[cfg(unix)]
+#[test]
+fn an_open_that_follows_a_swapped_in_symlink_is_refused() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    let outside = dir.path().join("outside");
+    fs::create_dir_all(root.join("css")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::write(outside.join("app.css"), "TOP SECRET").unwrap();
+    fs::write(root.join("app.css"), "ok").unwrap();
+    fs::write(root.join("css/app.css"), "ok").unwrap();
+    let l = lookup(&root);
+    let canonical_root = fs::canonicalize(&root).unwrap();
+    let checked = |rel: &str| {
+        let (c, m) = inside(&canonical_root, &root.join(rel)).unwrap().unwrap();
+        assert!(m.is_file());
+        c
+    };
+    let file = checked("app.css");
+    let in_dir = checked("css/app.css");
+    // Untouched, both open.
+    assert!(l.open(&canonical_root, &file).is_ok());
+    assert!(l.open(&canonical_root, &in_dir).is_ok());
+
+    // The file itself becomes a symlink to the secret.
+    fs::remove_file(root.join("app.css")).unwrap();
+    symlink(outside.join("app.css"), root.join("app.css")).unwrap();
+    assert!(l.open(&canonical_root, &file).is_err());
+    // A folder on the way becomes a symlink to an outside folder with the same names.
+    fs::remove_dir_all(root.join("css")).unwrap();
+    symlink(&outside, root.join("css")).unwrap();
+    assert!(l.open(&canonical_root, &in_dir).is_err());
+    // The fallback check (no /proc) refuses both as well.
+    let secret = fs::metadata(outside.join("app.css")).unwrap();
+    assert!(!same_file_inside(&canonical_root, &file, &secret));
+    assert!(!same_file_inside(&canonical_root, &in_dir, &secret));
+    // And a whole lookup is a miss.
+    assert!(matches!(l.run(&parse("/app.css"), None), Found::Missing));
+    assert!(matches!(
+        l.run(&parse("/css/app.css"), None),
+        Found::Missing
+    ));
+}
+
+/// The same race for real: one thread keeps swapping a file for an outside-pointing symlink
+/// while lookups run; no lookup may ever return the secret.
+#[cfg(unix)]
+#[test]
+fn lookups_racing_a_symlink_swap_never_read_outside() {
+    use std::os::unix::fs::symlink;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(dir.path().join("secret.txt"), "TOP SECRET").unwrap();
+    fs::write(root.join("f.txt"), "public").unwrap();
+    // Prepared side by side, renamed over `f.txt` in turn (rename is atomic).
+    fs::write(root.join("plain.tmp"), "public").unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (root, secret, stop) = (root.clone(), dir.path().join("secret.txt"), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = symlink(&secret, root.join("link.tmp"));
+                let _ = fs::rename(root.join("link.tmp"), root.join("f.txt"));
+                let _ = fs::write(root.join("plain.tmp"), "public");
+                let _ = fs::rename(root.join("plain.tmp"), root.join("f.txt"));
+            }
+        })
+    };
+    let l = lookup(&root);
+    let started = std::time::Instant::now();
+    let mut served = 0;
+    for _ in 0..3000 {
+        if let Found::File(f) = l.run(&parse("/f.txt"), None) {
+            assert_eq!(memory(&f.variants[0]), b"public", "read outside the root");
+            served += 1;
+        }
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(served > 0, "the file was never served at all");
+}

@@ -1,20 +1,24 @@
 //! Turns a prepared [`Entry`] and the request's headers into the response: picks the
 //! variant (`Accept-Encoding`), answers 304 for a current validator, 206/416 for ranges, and
 //! sends headers only for HEAD.
+//!
+//! Every header of a whole-variant `200` is prepared once per variant ([`full_headers`]), so
+//! the common answer is a clone of that map plus the body; conditional and range requests
+//! adjust the clone.
 
 use std::fs::File;
 
 use bytes::Bytes;
 use http::header::{
     HeaderValue, ACCEPT_RANGES, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE,
-    CONTENT_TYPE, ETAG, LAST_MODIFIED, RANGE, VARY, X_CONTENT_TYPE_OPTIONS,
+    CONTENT_TYPE, ETAG, LAST_MODIFIED, VARY, X_CONTENT_TYPE_OPTIONS,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 
 use super::body;
 use super::cache::{Entry, Variant};
-use super::negotiate::{self, AcceptEncoding, Encoding, RangeOutcome};
+use super::negotiate::{self, Encoding, Present, RangeOutcome};
 use super::resolve::Body;
 use crate::error::GatewayBody;
 
@@ -39,6 +43,25 @@ pub fn take_bodies(entry: &mut Entry) -> Files {
         .collect()
 }
 
+/// The headers of a `200` carrying the whole of `variant`, in the order they are sent.
+pub fn full_headers(entry: &Entry, variant: &Variant) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(10);
+    headers.insert(CONTENT_TYPE, entry.content_type.clone());
+    headers.insert(CACHE_CONTROL, entry.cache_control.clone());
+    headers.insert(LAST_MODIFIED, entry.last_modified.clone());
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    if entry.has_variants() {
+        headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+    if let Some(token) = variant.encoding.token() {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(token));
+    }
+    headers.insert(ETAG, variant.etag.clone());
+    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(variant.len));
+    headers
+}
+
 /// The variant to send.
 enum Choice<'a> {
     Stored(usize, &'a Variant),
@@ -53,10 +76,10 @@ pub fn respond(
     entry: &Entry,
     files: Option<Files>,
 ) -> Option<Response<GatewayBody>> {
-    let mut files = files.unwrap_or_default();
     let get = parts.method == Method::GET;
-    let wants_range = get && parts.headers.contains_key(RANGE);
-    let accept = AcceptEncoding::parse(&parts.headers);
+    let present = Present::scan(&parts.headers);
+    let wants_range = get && present.range;
+    let accept = present.accept(&parts.headers);
     let stored = entry.variants.iter().map(|v| v.encoding);
     // Compressed streams have no known length, so a range request gets the stored identity.
     let streamable = [Encoding::Br, Encoding::Gzip]
@@ -70,67 +93,50 @@ pub fn respond(
         None if entry.stream_compress => Choice::Stream(encoding),
         None => Choice::Stored(0, entry.variants.first()?),
     };
-
-    let mut headers = HeaderMap::with_capacity(10);
-    headers.insert(CONTENT_TYPE, entry.content_type.clone());
-    headers.insert(CACHE_CONTROL, entry.cache_control.clone());
-    headers.insert(LAST_MODIFIED, entry.last_modified.clone());
-    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    if entry.has_variants() {
-        headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
-    }
-    let (etag, encoding) = match &choice {
-        Choice::Stored(_, v) => (v.etag.clone(), v.encoding),
-        Choice::Stream(e) => {
-            let len = entry.variants.first().map_or(0, |v| v.len);
-            let tag = negotiate::etag(len, entry.mtime, *e);
-            (HeaderValue::from_str(&tag).ok()?, *e)
+    match choice {
+        Choice::Stored(index, variant) => {
+            respond_stored(parts, entry, present, index, variant, files)
         }
-    };
-    if let Some(token) = encoding.token() {
-        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(token));
+        Choice::Stream(encoding) => respond_stream(parts, entry, present, encoding, files),
     }
-    headers.insert(ETAG, etag.clone());
+}
 
-    if negotiate::not_modified(
-        &parts.headers,
-        etag.to_str().unwrap_or_default(),
-        entry.mtime,
-    ) {
+/// A variant held in memory or on disk as is: 200, 304, 206 or 416.
+fn respond_stored(
+    parts: &Parts,
+    entry: &Entry,
+    present: Present<'_>,
+    index: usize,
+    variant: &Variant,
+    files: Option<Files>,
+) -> Option<Response<GatewayBody>> {
+    let get = parts.method == Method::GET;
+    let mut headers = variant.headers.clone();
+    if present.conditional && not_modified(parts, &variant.etag, entry) {
+        headers.remove(ACCEPT_RANGES);
+        headers.remove(CONTENT_LENGTH);
         return Some(build(StatusCode::NOT_MODIFIED, headers, body::empty()));
     }
-
-    let (index, variant) = match choice {
-        Choice::Stored(i, v) => (i, v),
-        Choice::Stream(encoding) => {
-            let len = entry.variants.first()?.len;
-            let body = if get {
-                body::compressed_file(files.first_mut()?.take()?, len, encoding)
-            } else {
-                body::empty()
-            };
-            return Some(build(StatusCode::OK, headers, body));
-        }
-    };
-    headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     let len = variant.len;
-    let outcome = if get {
+    let outcome = if get && present.range {
         negotiate::range(
             &parts.headers,
             len,
-            etag.to_str().unwrap_or_default(),
+            variant.etag.to_str().unwrap_or_default(),
             entry.mtime,
         )
     } else {
         RangeOutcome::Full
     };
-    let file = files.get_mut(index).and_then(Option::take);
+    let file = files.and_then(|mut files| files.get_mut(index).and_then(Option::take));
     let (status, start, count) = match outcome {
         RangeOutcome::Full => (StatusCode::OK, 0, len),
         RangeOutcome::Partial { start, end } => {
             let range = format!("bytes {start}-{end}/{len}");
             headers.insert(CONTENT_RANGE, HeaderValue::from_str(&range).ok()?);
-            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            let count = end - start + 1;
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(count));
+            (StatusCode::PARTIAL_CONTENT, start, count)
         }
         RangeOutcome::Unsatisfiable => {
             let range = format!("bytes */{len}");
@@ -143,13 +149,50 @@ pub fn respond(
             ));
         }
     };
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(count));
     let body = if get {
         variant_body(variant, file, start, count)?
     } else {
         body::empty()
     };
     Some(build(status, headers, body))
+}
+
+/// The identity file compressed while it streams: no length, no ranges.
+fn respond_stream(
+    parts: &Parts,
+    entry: &Entry,
+    present: Present<'_>,
+    encoding: Encoding,
+    files: Option<Files>,
+) -> Option<Response<GatewayBody>> {
+    let identity = entry.variants.first()?;
+    let mut headers = identity.headers.clone();
+    headers.remove(ACCEPT_RANGES);
+    headers.remove(CONTENT_LENGTH);
+    let tag = negotiate::etag(identity.len, entry.mtime, encoding);
+    let etag = HeaderValue::from_str(&tag).ok()?;
+    if let Some(token) = encoding.token() {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static(token));
+    }
+    headers.insert(ETAG, etag.clone());
+    if present.conditional && not_modified(parts, &etag, entry) {
+        return Some(build(StatusCode::NOT_MODIFIED, headers, body::empty()));
+    }
+    let body = if parts.method == Method::GET {
+        let file = files?.into_iter().next()??;
+        body::compressed_file(file, identity.len, encoding)
+    } else {
+        body::empty()
+    };
+    Some(build(StatusCode::OK, headers, body))
+}
+
+fn not_modified(parts: &Parts, etag: &HeaderValue, entry: &Entry) -> bool {
+    negotiate::not_modified(
+        &parts.headers,
+        etag.to_str().unwrap_or_default(),
+        entry.mtime,
+    )
 }
 
 /// `count` bytes of a variant from `start`.
@@ -163,10 +206,13 @@ fn variant_body(
         (Some(file), _) => match body::file(file, start, count) {
             Ok(body) => Some(body),
             Err(e) => {
-                tracing::debug!(error = %e, "static file seek failed");
+                tracing::debug!(request_id = %crate::observability::CurrentRequestId, error = %e, "static file seek failed");
                 None
             }
         },
+        (None, Body::Memory(bytes)) if start == 0 && count == bytes.len() as u64 => {
+            Some(body::memory(bytes.clone()))
+        }
         (None, Body::Memory(bytes)) => {
             let from = usize::try_from(start).ok()?;
             let to = from.checked_add(usize::try_from(count).ok()?)?;
