@@ -10,7 +10,11 @@
 //!    and its precompressed siblings are canonicalised and must lie under the canonicalised
 //!    root (so a symlink that resolves outside is not followed); only regular files are
 //!    opened. The root is canonicalised on every lookup, so a deploy that swaps a `current`
-//!    symlink is picked up without a reload.
+//!    symlink is picked up without a reload. The *canonical* path is what gets opened, and on
+//!    Unix with `O_NOFOLLOW | O_NONBLOCK` ([`open_no_follow`]): it has no symlink in it, so a
+//!    last component that is one now was swapped in after the check and the open fails
+//!    (`ELOOP`), and a FIFO swapped in cannot hold the blocking thread waiting for a writer.
+//!    The descriptor's own `fstat` must then say "regular file" before anything is read.
 //! 3. After opening, the *opened* file is checked again ([`opened_inside`]): a path component
 //!    swapped for an outside-pointing symlink between the check and the open would otherwise
 //!    be followed. On Linux the kernel's own name for the open descriptor
@@ -242,7 +246,8 @@ impl Lookup {
     /// Opens a regular file under `root` (canonical); small ones are read whole. The stamp
     /// is taken from the open handle, so it describes exactly the bytes served.
     fn open(&self, root: &Path, canonical: &Path) -> io::Result<(Stamp, Body)> {
-        let file = File::open(canonical)?;
+        let file = open_no_follow(canonical)?;
+        // Of the descriptor, not the path: a FIFO, device or folder is never read.
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "not a file"));
@@ -270,6 +275,23 @@ impl Lookup {
         };
         Ok((stamp, Body::Memory(Bytes::from(bytes))))
     }
+}
+
+/// Opens `canonical` (free of symlinks when it was checked) read-only. On Unix the last
+/// component is not followed (`O_NOFOLLOW`: a symlink swapped in since is `ELOOP`; folders on
+/// the way are [`opened_inside`]'s job) and the open does not wait (`O_NONBLOCK`: a FIFO opens
+/// at once instead of blocking until a writer appears). The flag stays set: the caller only
+/// reads the descriptor after `fstat` says it is a regular file, and reads of regular files
+/// ignore `O_NONBLOCK`.
+fn open_no_follow(canonical: &Path) -> io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    options.open(canonical)
 }
 
 /// Whether the file opened from `canonical` (checked to lie under `root` before the open)

@@ -253,3 +253,123 @@ fn lookups_racing_a_symlink_swap_never_read_outside() {
     swapper.join().unwrap();
     assert!(served > 0, "the file was never served at all");
 }
+
+/// Runs `f` on its own thread and waits at most five seconds for it; `unblock` is called if
+/// it has not finished by then (so the thread can end), and the test fails.
+#[cfg(unix)]
+fn within_seconds<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+    unblock: impl FnOnce(),
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        Ok(value) => value,
+        Err(_) => {
+            unblock();
+            panic!("{what} blocked for more than 5 s");
+        }
+    }
+}
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// A FIFO is never a regular file: asked for directly, or swapped in over a file between the
+/// checks and the open, it is a quick miss. A plain open would wait for a writer forever,
+/// holding a blocking-pool thread.
+#[cfg(unix)]
+#[test]
+fn a_fifo_is_a_quick_miss_and_never_blocks_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("app.css"), "ok").unwrap();
+    mkfifo(&root.join("pipe"));
+    mkfifo(&root.join("pipe.tmp"));
+    let canonical_root = fs::canonicalize(&root).unwrap();
+    let (checked, meta) = inside(&canonical_root, &root.join("app.css"))
+        .unwrap()
+        .unwrap();
+    assert!(meta.is_file());
+    // Writers that release a blocked open, should one happen.
+    let release = |path: PathBuf| {
+        move || {
+            let _ = std::fs::OpenOptions::new().write(true).open(path);
+        }
+    };
+
+    let l = lookup(&root);
+    let found = within_seconds(
+        "a lookup of a FIFO",
+        move || l.run(&parse("/pipe"), None),
+        release(root.join("pipe")),
+    );
+    assert!(matches!(found, Found::Missing));
+
+    // Checked as a regular file, then a FIFO is renamed over it before the open.
+    fs::rename(root.join("pipe.tmp"), root.join("app.css")).unwrap();
+    let l = lookup(&root);
+    let (c_root, c_file) = (canonical_root.clone(), checked.clone());
+    let opened = within_seconds(
+        "opening a FIFO swapped in after the check",
+        move || l.open(&c_root, &c_file).map(|_| ()),
+        release(checked),
+    );
+    let err = opened.expect_err("a FIFO was opened as a file");
+    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+}
+
+/// The canonical path has no symlink in it; its last component turning into one after
+/// canonicalisation means it was swapped, and the open fails (`O_NOFOLLOW`) even when the
+/// link stays inside the root. A symlink present at lookup time is still followed.
+#[cfg(unix)]
+#[test]
+fn a_final_component_swapped_for_a_symlink_after_canonicalisation_is_refused() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("static");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(dir.path().join("secret.txt"), "TOP SECRET").unwrap();
+    fs::write(root.join("app.css"), "ok").unwrap();
+    fs::write(root.join("other.css"), "other").unwrap();
+    fs::write(root.join("main.css"), "main").unwrap();
+    let l = lookup(&root);
+    let canonical_root = fs::canonicalize(&root).unwrap();
+    let checked = |rel: &str| inside(&canonical_root, &root.join(rel)).unwrap().unwrap().0;
+    let app = checked("app.css");
+    let main = checked("main.css");
+
+    // Swapped for a link to another file inside the root.
+    fs::remove_file(root.join("app.css")).unwrap();
+    symlink(root.join("other.css"), root.join("app.css")).unwrap();
+    let err = l
+        .open(&canonical_root, &app)
+        .expect_err("followed a swapped-in symlink");
+    #[cfg(target_os = "linux")]
+    assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+    // Swapped for a link leading out: refused by the open itself, before any later check.
+    fs::remove_file(root.join("main.css")).unwrap();
+    symlink(dir.path().join("secret.txt"), root.join("main.css")).unwrap();
+    let err = l
+        .open(&canonical_root, &main)
+        .expect_err("followed a swapped-in symlink");
+    #[cfg(target_os = "linux")]
+    assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+
+    // A fresh lookup canonicalises again: the in-root link is served, the outside one not.
+    let Found::File(f) = l.run(&parse("/app.css"), None) else {
+        panic!("in-root symlink not followed")
+    };
+    assert_eq!(memory(&f.variants[0]), b"other");
+    assert!(matches!(l.run(&parse("/main.css"), None), Found::Missing));
+}
