@@ -9,7 +9,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -36,6 +36,10 @@ pub struct Limits {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub body_limit: u64,
+    /// Fold the time from sending the request to its response head into the server's
+    /// peak-EWMA (`p2c`); connection setup is left out, so a fresh connection's first
+    /// request does not make a fast server look slow.
+    pub track_latency: bool,
 }
 
 /// Sends `request` (origin-form URI, `Host` set) to `server`; on success returns the
@@ -65,10 +69,16 @@ pub async fn send(
                 }
             },
         };
+        let sent_at = limits.track_latency.then(Instant::now);
         let sent =
             tokio::time::timeout(limits.response_timeout, sender.try_send_request(request)).await;
         let mut failed = match sent {
-            Ok(Ok(response)) => return Ok((response, sender)),
+            Ok(Ok(response)) => {
+                if let Some(at) = sent_at {
+                    server.state.observe_latency(at.elapsed());
+                }
+                return Ok((response, sender));
+            }
             Ok(Err(failed)) => failed,
             Err(_) => {
                 let error = GatewayError::UpstreamTimeout {
@@ -243,6 +253,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             response_timeout: Duration::from_secs(5),
             body_limit: 1024,
+            track_latency: true,
         }
     }
 

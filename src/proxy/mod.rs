@@ -107,6 +107,7 @@ pub async fn forward<'u>(
         connect_timeout: settings.connect_timeout,
         response_timeout: settings.response_timeout,
         body_limit,
+        track_latency: upstream.tracks_latency(),
     };
     let attempts = 1 + settings.retries as usize;
     upstream.record_request();
@@ -123,12 +124,8 @@ pub async fn forward<'u>(
         };
         let server = &upstream.servers[index];
         let in_flight = InFlight::new(&server.state);
-        let started = Instant::now();
         match client::send(server, request, &limits).await {
             Ok((response, sender)) => {
-                if upstream.tracks_latency() {
-                    server.state.observe_latency(started.elapsed());
-                }
                 if response.status().is_server_error() {
                     server.state.record_failure();
                 } else {

@@ -14,6 +14,10 @@ use crate::observability::CurrentRequestId;
 
 /// Weight of a faster sample in the peak-EWMA (a slower one takes over at once).
 const EWMA_ALPHA: f64 = 0.3;
+/// Time constant of the peak-EWMA's decay towards zero while a server gets no samples (as
+/// tower's and Linkerd's PeakEwma decay): a server that looked slow once is tried again after
+/// a few seconds instead of being avoided for ever.
+const EWMA_DECAY_MS: f64 = 2_000.0;
 
 /// Repeat ejections grow `eject_for` by 2^(n-1), at most by this factor.
 const MAX_EJECT_FACTOR: u32 = 8;
@@ -42,6 +46,8 @@ pub struct ServerState {
     healthy: AtomicBool,
     /// Peak-EWMA of response-head latency in µs (0 = no sample yet).
     ewma_us: AtomicU64,
+    /// `now_ms()` of the last sample folded into `ewma_us`.
+    ewma_at_ms: AtomicU64,
     metrics: ServerMetrics,
 }
 
@@ -67,6 +73,7 @@ impl ServerState {
             ejections_total: AtomicU64::new(0),
             healthy: AtomicBool::new(healthy),
             ewma_us: AtomicU64::new(0),
+            ewma_at_ms: AtomicU64::new(0),
             metrics,
         }
     }
@@ -118,6 +125,14 @@ impl ServerState {
         if changed {
             self.metrics.set_healthy(healthy);
             if healthy {
+                // Back from unhealthy (e.g. restarted): its checks passed, so a passive
+                // ejection from when it went down no longer holds (Envoy un-ejects on a
+                // successful active check too). Its failure history starts afresh.
+                self.failures.store(0, Ordering::Relaxed);
+                self.ejections.store(0, Ordering::Relaxed);
+                if self.ejected_until.swap(0, Ordering::Relaxed) != 0 {
+                    self.metrics.set_ejected(false);
+                }
                 tracing::info!(upstream = %self.upstream, server = %self.label, "server healthy");
             } else {
                 tracing::warn!(upstream = %self.upstream, server = %self.label, "server unhealthy");
@@ -126,9 +141,15 @@ impl ServerState {
         changed
     }
 
-    /// The peak-EWMA latency in µs (`p2c`'s cost per request in flight; 0 before a sample).
-    pub fn latency_us(&self) -> u64 {
-        self.ewma_us.load(Ordering::Relaxed)
+    /// The peak-EWMA latency in µs at `now` (`now_ms()`), decayed towards zero since the last
+    /// sample (`p2c`'s cost per request in flight; 0 before a sample).
+    pub fn latency_us(&self, now: u64) -> u64 {
+        let ewma = self.ewma_us.load(Ordering::Relaxed);
+        let idle_ms = now.saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed));
+        if ewma == 0 || idle_ms == 0 {
+            return ewma;
+        }
+        (ewma as f64 * (-(idle_ms as f64) / EWMA_DECAY_MS).exp()) as u64
     }
 
     /// Folds a response-head latency into the peak-EWMA: a slower sample takes over at once,
@@ -137,7 +158,9 @@ impl ServerState {
         let sample = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
-        let old = self.ewma_us.load(Ordering::Relaxed);
+        let now = now_ms();
+        let old = self.latency_us(now);
+        self.ewma_at_ms.store(now, Ordering::Relaxed);
         let next = if old == 0 || sample >= old {
             sample
         } else {
@@ -290,19 +313,49 @@ mod tests {
         assert!(s.usable(now_ms()));
     }
 
+    /// The estimate as of its last sample (no decay).
+    fn fresh(s: &ServerState) -> u64 {
+        s.latency_us(s.ewma_at_ms.load(Ordering::Relaxed))
+    }
+
     #[test]
     fn peak_ewma_jumps_up_and_decays_down() {
         let s = state(1, Duration::from_secs(1));
         s.observe_latency(Duration::from_millis(10));
-        assert_eq!(s.latency_us(), 10_000);
+        assert_eq!(fresh(&s), 10_000);
         s.observe_latency(Duration::from_millis(50));
-        assert_eq!(s.latency_us(), 50_000);
+        assert_eq!(fresh(&s), 50_000);
         s.observe_latency(Duration::from_millis(1));
-        assert_eq!(s.latency_us(), 35_300);
+        // 0.7 × 50 ms + 0.3 × 1 ms (a millisecond of decay in between may shave a little).
+        assert!(fresh(&s).abs_diff(35_300) <= 100, "{}", fresh(&s));
         for _ in 0..20 {
             s.observe_latency(Duration::from_millis(1));
         }
-        assert!(s.latency_us() < 1_100, "{}", s.latency_us());
+        assert!(fresh(&s) < 1_100, "{}", fresh(&s));
+    }
+
+    #[test]
+    fn peak_ewma_decays_towards_zero_without_samples() {
+        let s = state(1, Duration::from_secs(1));
+        s.observe_latency(Duration::from_millis(100));
+        let at = s.ewma_at_ms.load(Ordering::Relaxed);
+        assert_eq!(s.latency_us(at), 100_000);
+        // One time constant: e^-1 of the estimate; ten: practically nothing.
+        let one = s.latency_us(at + EWMA_DECAY_MS as u64);
+        assert!(one.abs_diff(36_788) <= 10, "{one}");
+        assert!(s.latency_us(at + 10 * EWMA_DECAY_MS as u64) < 10);
+    }
+
+    #[test]
+    fn a_server_back_to_healthy_is_no_longer_ejected() {
+        let s = state(1, Duration::from_secs(60));
+        s.record_failure();
+        assert!(s.is_ejected(now_ms()));
+        assert!(s.set_healthy(false));
+        assert!(s.set_healthy(true));
+        assert!(!s.is_ejected(now_ms()));
+        assert!(s.usable(now_ms()));
+        assert!(!s.metrics.ejected());
     }
 
     #[test]

@@ -102,7 +102,7 @@ impl Upstream {
                 && (cap == 0 || self.servers[i].state.in_flight() < cap)
         };
         let load = |i: usize| self.servers[i].state.in_flight() as u64;
-        let latency = |i: usize| self.servers[i].state.latency_us();
+        let latency = |i: usize| self.servers[i].state.latency_us(now);
         if let Some(i) = self.balancer.pick(hash, &ok, &load, &latency) {
             return Ok(i);
         }
