@@ -64,9 +64,21 @@ pub fn in_request<F: Future>(id: &HeaderValue, fut: F) -> impl Future<Output = F
     REQUEST_ID.scope(IdBuf::new(id.as_bytes()), fut)
 }
 
+/// Wraps blocking work (for `spawn_blocking`) so its log lines carry the current request's
+/// id too: the id is copied now, on the request's task, and set around `work` on the
+/// blocking thread.
+pub fn with_request_id<R>(work: impl FnOnce() -> R) -> impl FnOnce() -> R {
+    let id = REQUEST_ID.try_with(|id| *id).ok();
+    move || match id {
+        Some(id) => REQUEST_ID.sync_scope(id, work),
+        None => work(),
+    }
+}
+
 /// Displays the id of the request the current task is handling (`-` outside one): for
 /// events emitted below the handler, `request_id = %CurrentRequestId`. Read only when the
-/// event is enabled; not carried into `spawn`ed or blocking tasks.
+/// event is enabled; not carried into `spawn`ed tasks (blocking work: see
+/// [`with_request_id`]).
 #[derive(Debug, Clone, Copy)]
 pub struct CurrentRequestId;
 
@@ -261,6 +273,15 @@ mod tests {
         let long = HeaderValue::from_str(&"x".repeat(300)).unwrap();
         let seen = in_request(&long, async { CurrentRequestId.to_string() }).await;
         assert_eq!(seen.len(), MAX_ID);
+        // Blocking work started from a request keeps its id; outside one it has none.
+        let seen = in_request(&id, async {
+            let work = with_request_id(|| CurrentRequestId.to_string());
+            tokio::task::spawn_blocking(work).await.unwrap()
+        })
+        .await;
+        assert_eq!(seen, "abc-123");
+        let outside = with_request_id(|| CurrentRequestId.to_string());
+        assert_eq!(tokio::task::spawn_blocking(outside).await.unwrap(), "-");
     }
 
     #[test]

@@ -191,14 +191,15 @@ impl StaticSite {
         let lookup = self.lookup.clone();
         let options = self.options;
         let now = self.cache.now_ms();
-        let outcome =
-            tokio::task::spawn_blocking(move || match lookup.run(&rel, previous.as_deref()) {
+        let outcome = tokio::task::spawn_blocking(crate::observability::with_request_id(
+            move || match lookup.run(&rel, previous.as_deref()) {
                 Found::File(loaded) => Outcome::Entry(Entry::build(loaded, options, now)),
                 Found::Unchanged => Outcome::Unchanged,
                 Found::Redirect => Outcome::Redirect,
                 Found::Missing => Outcome::Missing,
-            })
-            .await;
+            },
+        ))
+        .await;
         outcome.map_err(|e| {
             tracing::warn!(request_id = %crate::observability::CurrentRequestId, error = %e, "static lookup task failed");
             StaticMiss::NotFound

@@ -170,7 +170,7 @@ impl Lookup {
             Ok(found) => found,
             Err(e) => {
                 if e.kind() != io::ErrorKind::NotFound {
-                    tracing::debug!(error = %e, root = %self.root.display(), "static lookup failed");
+                    tracing::debug!(request_id = %crate::observability::CurrentRequestId, error = %e, root = %self.root.display(), "static lookup failed");
                 }
                 Found::Missing
             }
@@ -254,6 +254,7 @@ impl Lookup {
         }
         if !opened_inside(root, canonical, &file, &meta) {
             tracing::warn!(
+                request_id = %crate::observability::CurrentRequestId,
                 path = %canonical.display(),
                 "static file resolved outside the root when opened; refused"
             );
@@ -342,7 +343,7 @@ fn inside(root: &Path, path: &Path) -> io::Result<Option<(PathBuf, Metadata)>> {
         Err(e) => return Err(e),
     };
     if !canonical.starts_with(root) {
-        tracing::debug!(path = %path.display(), "static path resolves outside the root");
+        tracing::debug!(request_id = %crate::observability::CurrentRequestId, path = %path.display(), "static path resolves outside the root");
         return Ok(None);
     }
     let meta = std::fs::metadata(&canonical)?;
