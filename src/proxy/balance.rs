@@ -16,7 +16,7 @@ use crate::config::Balance;
 /// Virtual nodes per unit of weight on the consistent-hash ring.
 const VNODES: u32 = 100;
 /// `p2c` weighs latency only when the slower server is this much (µs) slower, besides 2×.
-const LATENCY_FLOOR_US: u64 = 2_000;
+const LATENCY_FLOOR_US: u64 = 5_000;
 
 pub struct Balancer {
     strategy: Balance,
@@ -120,13 +120,14 @@ impl Balancer {
         if total == 0 {
             return None;
         }
-        // Drawn with replacement: a server is sometimes paired with itself, so even a slow one
-        // keeps a small share (about 1/N² of draws) and its latency estimate stays current.
-        // Distinct draws would starve it (measured: p99 0.86× instead of 0.98× of round_robin
-        // with one server 10× slower) but, with the peak-EWMA, also let one jittery sample on
-        // loopback skew equal servers' shares; see issue 4's notes.
         let a = self.weighted_draw(total, ok)?;
-        let b = self.weighted_draw(total, ok)?;
+        // Two distinct servers: drawn with replacement, a slow server would be paired with
+        // itself 1/N² of the time and get that traffic whatever its cost. It is still probed
+        // as its latency estimate decays (server_state::EWMA_DECAY_MS).
+        let others = |i: usize| i != a && ok(i);
+        let Some(b) = self.weighted_draw(total - self.weights[a], &others) else {
+            return Some(a); // the only usable server
+        };
         // The draws already follow the weights: compare raw costs (dividing by weight too
         // would count it twice). Latency only counts when one server is clearly slower (over
         // 2× and by more than LATENCY_FLOOR_US), so jitter between equal servers on a fast
@@ -275,10 +276,10 @@ mod tests {
         let zeros = (0..200)
             .filter(|_| b.pick(None, &|_| true, &|_| 0, &slow) == Some(0))
             .count();
-        // It only wins when paired with itself (1/4 of draws).
-        assert!(zeros < 90, "{zeros}");
-        // A 2.5× gap of 1.5 ms is jitter on a fast network, not a slow server: weights rule.
-        let jitter = |i: usize| if i == 0 { 2_500 } else { 1_000 };
+        // Two distinct draws: the slow one always meets the fast one and loses.
+        assert_eq!(zeros, 0);
+        // A 4× gap of 3 ms is jitter on a fast network, not a slow server: weights rule.
+        let jitter = |i: usize| if i == 0 { 4_000 } else { 1_000 };
         let zeros = (0..1000)
             .filter(|_| b.pick(None, &|_| true, &|_| 0, &jitter) == Some(0))
             .count();

@@ -15,9 +15,10 @@ use crate::observability::CurrentRequestId;
 /// Weight of a faster sample in the peak-EWMA (a slower one takes over at once).
 const EWMA_ALPHA: f64 = 0.3;
 /// Time constant of the peak-EWMA's decay towards zero while a server gets no samples (as
-/// tower's and Linkerd's PeakEwma decay): a server that looked slow once is tried again after
-/// a few seconds instead of being avoided for ever.
-const EWMA_DECAY_MS: f64 = 2_000.0;
+/// tower's and Linkerd's PeakEwma decay): a server that looked slow once (one jittery
+/// response) is tried again within a few hundred milliseconds, a really slow one gets a probe
+/// now and then, and in-flight counting keeps that probe from becoming a burst.
+const EWMA_DECAY_MS: f64 = 250.0;
 
 /// Repeat ejections grow `eject_for` by 2^(n-1), at most by this factor.
 const MAX_EJECT_FACTOR: u32 = 8;
