@@ -150,19 +150,23 @@ pub async fn handle(
     let method = MethodClass::of(req.method());
     let request_id = headers::request_id(req.headers());
     let access_log = state.settings.logging.access_log;
-    let record = access_log.then(|| AccessRecord {
-        start,
-        method: req.method().clone(),
-        path: req.uri().path().to_owned(),
-        http: observability::http_version(req.version()),
-        status: StatusCode::OK,
-        route: String::new(),
-        upstream: String::new(),
-        request_id: observability::id_str(&request_id).to_owned(),
-        client: conn.peer.ip(),
-        listener: Arc::clone(&conn.listener),
-        tls: conn.tls_version,
-        claims: None,
+    // Boxed from the start: it waits across the whole request, and inline it would sit in
+    // the future hyper moves on every request, access log on or off.
+    let record = access_log.then(|| {
+        Box::new(AccessRecord {
+            start,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            http: observability::http_version(req.version()),
+            status: StatusCode::OK,
+            route: String::new(),
+            upstream: String::new(),
+            request_id: observability::id_str(&request_id).to_owned(),
+            client: conn.peer.ip(),
+            listener: Arc::clone(&conn.listener),
+            tls: conn.tls_version,
+            claims: None,
+        })
     });
     let mut labels = Labels::default();
     let routed = route_and_forward(&state, &conn, req, &request_id, &mut labels);
@@ -199,7 +203,7 @@ pub async fn handle(
                 .unwrap_or_default();
             record.upstream = labels.server;
             record.claims = labels.claims;
-            let logged = LoggedBody::new(body, Box::new(record));
+            let logged = LoggedBody::new(body, record);
             http_body_util::BodyExt::boxed_unsync(MeteredBody::new(logged, completion))
         }
         None => http_body_util::BodyExt::boxed_unsync(MeteredBody::new(body, completion)),
@@ -254,7 +258,9 @@ async fn route_and_forward(
             .jwt_policies
             .get(index)
             .ok_or_else(|| GatewayError::Internal(format!("route {} has no policy", route.name)))?;
-        let authorized = authorize(policy, req.headers_mut()).await;
+        // Boxed: token checks (and a possible JWKS fetch) make a large future that
+        // routes without `jwt:` should not carry.
+        let authorized = Box::pin(authorize(policy, req.headers_mut())).await;
         if let Err(GatewayError::Unauthorized(rejection)) = &authorized {
             state.metrics.jwt_rejection(index, rejection.reason);
         }

@@ -3,14 +3,14 @@
 //! up to [`MEMORY_THRESHOLD`], spilled to an unnamed temporary file beyond it), or streamed
 //! through with the size limit enforced as bytes pass.
 
-use std::io::SeekFrom;
+use std::io::{Seek, SeekFrom};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Limited, StreamBody};
 use hyper::body::Incoming;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::error::{full_body, BoxError, GatewayBody, GatewayError};
 
@@ -103,15 +103,17 @@ impl Buffered {
     }
 
     /// The body that sends this buffer upstream (a retry on another server gets the same
-    /// body back unread, so it is built once).
-    pub async fn into_body(self) -> Result<GatewayBody, GatewayError> {
+    /// body back unread, so it is built once). Not async: a rewind only moves the file
+    /// offset (no I/O), and an `await` here would put tokio's file state into every
+    /// request's future.
+    pub fn into_body(self) -> Result<GatewayBody, GatewayError> {
         Ok(match self {
             Self::Empty => empty_body(),
             Self::Memory(bytes) => full_body(bytes),
-            Self::File { file, .. } => {
+            Self::File { mut file, .. } => {
                 // The writing handle shared this descriptor's offset: rewind it.
-                let mut file = tokio::fs::File::from_std(file);
-                file.seek(SeekFrom::Start(0)).await.map_err(spill_error)?;
+                file.seek(SeekFrom::Start(0)).map_err(spill_error)?;
+                let file = tokio::fs::File::from_std(file);
                 let stream = tokio_util::io::ReaderStream::with_capacity(file, FILE_READ_CHUNK)
                     .map_ok(Frame::data)
                     .map_err(BoxError::from);

@@ -55,7 +55,9 @@ pub async fn send(
         let reused = pooled.is_some();
         let mut sender = match pooled.take() {
             Some(sender) => sender,
-            None => match connect(server, limits.connect_timeout).await {
+            // Boxed: new connections are rare (pooled), and the connect + handshake future
+            // is large; inline it would enlarge every request's future.
+            None => match Box::pin(connect(server, limits.connect_timeout)).await {
                 Ok(sender) => sender,
                 Err(source) => {
                     let error = GatewayError::UpstreamConnect {

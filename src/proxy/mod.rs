@@ -78,7 +78,14 @@ pub async fn forward<'u>(
     let settings = &upstream.settings;
     let mut replay = None;
     let body = if settings.request_buffering {
-        let buffered = body::buffer(body, body_limit).await?;
+        // Boxed: reading a body needs a large future (spill file, buffers) that most
+        // requests (GETs, no body) never use; inline, every request's future would carry
+        // it and hyper moves that future on each request.
+        let buffered = if body.is_end_stream() {
+            body::Buffered::Empty
+        } else {
+            Box::pin(body::buffer(body, body_limit)).await?
+        };
         if had_framing || !buffered.is_empty() {
             header_map.insert(CONTENT_LENGTH, HeaderValue::from(buffered.len()));
         }
@@ -95,7 +102,7 @@ pub async fn forward<'u>(
         {
             replay = Some((parts.method.clone(), header_map.clone(), bytes));
         }
-        buffered.into_body().await?
+        buffered.into_body()?
     } else {
         body::streaming(body, body_limit)
     };
@@ -204,6 +211,20 @@ fn is_idempotent(method: &http::Method) -> bool {
 
 /// A server for the next attempt; waits briefly while every usable server is at its cap.
 async fn choose(
+    upstream: &Upstream,
+    hash: Option<u64>,
+    tried: &[usize],
+) -> Result<usize, NoServer> {
+    match upstream.choose(hash, tried) {
+        // The wait (and its timer) is boxed: rare, and inline it would enlarge every
+        // request's future.
+        Err(NoServer::AtCapacity) => Box::pin(wait_for_capacity(upstream, hash, tried)).await,
+        other => other,
+    }
+}
+
+/// Looks for a server again every [`CAP_POLL`], for at most [`CAP_WAIT`].
+async fn wait_for_capacity(
     upstream: &Upstream,
     hash: Option<u64>,
     tried: &[usize],
