@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, HeaderName, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
@@ -129,6 +129,8 @@ pub struct AmbiguousFraming;
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address as `X-Forwarded-For` text, made once for all its requests.
+    pub peer_header: HeaderValue,
     pub listener: Arc<str>,
     pub tls: bool,
     /// The TLS server name the client asked for, lower-case.
@@ -250,7 +252,7 @@ async fn route_and_forward(
         };
     labels.route_index = Some(route_index);
 
-    let path_and_query = forwarded_path_and_query(&path, req.uri().query())?;
+    let path_and_query = forwarded_path_and_query(req.uri(), &path)?;
     let mut req = req;
     let mut verified = None;
     if let Some(index) = route.jwt {
@@ -313,7 +315,7 @@ async fn route_and_forward(
         Some(index) => {
             let upstream = &state.upstreams[index];
             let fwd = Forwarding {
-                peer: conn.peer.ip(),
+                peer: &conn.peer_header,
                 peer_trusted: conn.peer_trusted,
                 https: conn.tls,
                 host: host.as_ref(),
@@ -437,8 +439,17 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     }
 }
 
-fn forwarded_path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, GatewayError> {
-    let result = match query {
+/// The target sent upstream: the normalised `path` and the client's query.
+fn forwarded_path_and_query(uri: &Uri, path: &str) -> Result<PathAndQuery, GatewayError> {
+    // Normalising changed nothing (the common case): the client's own target, shared
+    // rather than copied and parsed again. (`http://h` has an empty target whose path
+    // reads as `/`: rebuilt below.)
+    if let Some(target) = uri.path_and_query() {
+        if target.as_str().starts_with('/') && target.path() == path {
+            return Ok(target.clone());
+        }
+    }
+    let result = match uri.query() {
         Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
         None => PathAndQuery::try_from(path),
     };
@@ -523,12 +534,25 @@ mod tests {
 
     #[test]
     fn path_and_query_keeps_query() {
-        assert_eq!(
-            forwarded_path_and_query("/a", Some("x=1&y=%2F"))
-                .unwrap()
-                .as_str(),
-            "/a?x=1&y=%2F"
-        );
-        assert_eq!(forwarded_path_and_query("/a", None).unwrap().as_str(), "/a");
+        let uri: Uri = "/b/../a?x=1&y=%2F".parse().unwrap();
+        let pq = forwarded_path_and_query(&uri, "/a").unwrap();
+        assert_eq!(pq.as_str(), "/a?x=1&y=%2F");
+        let uri: Uri = "/b/../a".parse().unwrap();
+        let pq = forwarded_path_and_query(&uri, "/a").unwrap();
+        assert_eq!(pq.as_str(), "/a");
+        // Unchanged paths keep the client's target as it came.
+        for target in [
+            "/a?x=1&y=%2F",
+            "/a",
+            "/a?",
+            "http://h/a?q",
+            "http://h",
+            "http://h?x",
+        ] {
+            let uri: Uri = target.parse().unwrap();
+            let pq = forwarded_path_and_query(&uri, uri.path()).unwrap();
+            let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+            assert_eq!(pq.as_str(), format!("{}{query}", uri.path()), "{target}");
+        }
     }
 }

@@ -133,6 +133,7 @@ impl Acceptor {
         async move {
             let mut info = ConnInfo {
                 peer,
+                peer_header: crate::proxy::headers::peer_header(peer.ip()),
                 listener,
                 tls: tls.is_some(),
                 sni: None,

@@ -20,7 +20,8 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 /// What the gateway knows about the request that the upstream should learn through headers.
 pub struct Forwarding<'a> {
-    pub peer: IpAddr,
+    /// The client's address as header text ([`peer_header`], made once per connection).
+    pub peer: &'a HeaderValue,
     /// The peer is in `server.trusted_proxies`: its `X-Forwarded-For` is appended to.
     pub peer_trusted: bool,
     pub https: bool,
@@ -162,16 +163,19 @@ fn is_fixed_hop_by_hop(name: &HeaderName) -> bool {
         || name == PROXY_CONNECTION
 }
 
-fn set_forwarded_for(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
+/// The text of `peer` as an `X-Forwarded-For` value. Made once per connection: each of its
+/// requests then shares it instead of formatting and allocating its own.
+pub fn peer_header(peer: IpAddr) -> HeaderValue {
     let mut buf = [0u8; 15];
-    let peer_text;
-    let peer: &str = match peer {
-        IpAddr::V4(v4) => format_ipv4(v4, &mut buf),
-        IpAddr::V6(v6) => {
-            peer_text = v6.to_string();
-            &peer_text
-        }
+    let text = match peer {
+        IpAddr::V4(v4) => format_ipv4(v4, &mut buf).to_owned(),
+        IpAddr::V6(v6) => v6.to_string(),
     };
+    // Digits, dots, colons and hex: always a valid header value.
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn set_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
     let value = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
         let mut chain = String::with_capacity(64);
         for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -180,10 +184,10 @@ fn set_forwarded_for(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
                 chain.push_str(", ");
             }
         }
-        chain.push_str(peer);
+        chain.push_str(peer.to_str().unwrap_or_default());
         HeaderValue::try_from(chain)
     } else {
-        HeaderValue::from_str(peer)
+        Ok(peer.clone())
     };
     match value {
         Ok(v) => {
@@ -231,9 +235,11 @@ fn list_contains(value: &HeaderValue, token: &str) -> bool {
 mod tests {
     use super::*;
 
+    static PEER: HeaderValue = HeaderValue::from_static("10.0.0.7");
+
     fn fwd<'a>(host: &'a HeaderValue, id: &'a HeaderValue, trusted: bool) -> Forwarding<'a> {
         Forwarding {
-            peer: "10.0.0.7".parse().unwrap(),
+            peer: &PEER,
             peer_trusted: trusted,
             https: true,
             host: Some(host),
@@ -326,9 +332,8 @@ mod tests {
             let parsed: Ipv4Addr = ip.parse().unwrap();
             assert_eq!(format_ipv4(parsed, &mut buf), ip);
         }
-        let mut h = HeaderMap::new();
-        set_forwarded_for(&mut h, "::1".parse().unwrap(), false);
-        assert_eq!(h[&X_FORWARDED_FOR], "::1");
+        assert_eq!(peer_header("::1".parse().unwrap()), "::1");
+        assert_eq!(peer_header("10.0.0.7".parse().unwrap()), "10.0.0.7");
     }
 
     #[test]
