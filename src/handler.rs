@@ -216,6 +216,7 @@ pub async fn handle(
 /// Names for the access log, filled in as the request travels.
 #[derive(Default)]
 struct Labels {
+    /// The server that answered; filled only when the access log is on.
     server: String,
     /// For the metrics; `None` until a route matched.
     route_index: Option<usize>,
@@ -342,7 +343,10 @@ async fn route_and_forward(
                 m.finished(sent.elapsed(), &result);
             }
             let forwarded = result?;
-            labels.server.push_str(forwarded.server);
+            // Only the access log names the server: no copy per request without it.
+            if state.settings.logging.access_log {
+                labels.server.push_str(forwarded.server);
+            }
             Ok(forwarded.response)
         }
     }
