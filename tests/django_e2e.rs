@@ -24,16 +24,7 @@ impl Drop for Gunicorn {
 }
 
 fn app_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/django_app")
-}
-
-fn django_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import django, rest_framework_simplejwt, gunicorn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    django_app_dir()
 }
 
 fn manage(envs: &[(&str, String)], args: &[&str]) {
@@ -60,12 +51,7 @@ async fn wait_for_port(addr: std::net::SocketAddr) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simplejwt_tokens_through_the_gateway() {
-    if !django_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Django/DRF/simplejwt/gunicorn missing in CI: pip install -r tests/django_app/requirements.txt"
-        );
-        eprintln!("SKIPPED: Django stack not installed (pip install -r tests/django_app/requirements.txt)");
+    if !django_stack(&["django", "rest_framework_simplejwt", "gunicorn"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

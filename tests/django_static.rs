@@ -10,23 +10,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder};
 use common::*;
 use tokio::io::AsyncReadExt;
 
 fn app_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/django_app")
-}
-
-fn django_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import django, rest_framework, whitenoise, brotli"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    django_app_dir()
 }
 
 fn collectstatic(root: &Path) {
@@ -55,12 +46,7 @@ async fn decode(encoding: &str, body: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn collectstatic_output_is_served_by_the_gateway() {
-    if !django_available() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "Django/DRF/WhiteNoise/Brotli missing in CI: pip install -r tests/django_app/requirements.txt"
-        );
-        eprintln!("SKIPPED: Django stack not installed (pip install -r tests/django_app/requirements.txt)");
+    if !django_stack(&["django", "rest_framework", "whitenoise", "brotli"]) {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();

@@ -303,8 +303,11 @@ logging:
     )
 }
 
+mod django;
 mod jwt;
 mod killable;
+#[allow(unused_imports)] // only the Django tests use these
+pub use django::{django_app_dir, django_stack};
 #[allow(unused_imports)] // not every test binary uses the JWT helpers
 pub use jwt::*;
 #[allow(unused_imports)] // only the balance tests kill servers
