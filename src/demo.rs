@@ -44,11 +44,8 @@ pub fn run(port: Option<u16>) -> anyhow::Result<ExitCode> {
 }
 
 async fn demo(port: Option<u16>, handles: &[tokio::runtime::Handle]) -> anyhow::Result<ExitCode> {
-    use tokio::signal::unix::{signal, SignalKind};
     // Installed before anything is printed, so a SIGTERM right after the banner drains.
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let signals = super::Signals::install()?;
 
     let dir = tempfile::Builder::new()
         .prefix("gateway-demo-")
@@ -104,21 +101,7 @@ async fn demo(port: Option<u16>, handles: &[tokio::runtime::Handle]) -> anyhow::
         banner(addr, admin, &upstreams, dir.path(), &cert, &token)
     );
 
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => super::reload(&gateway, &config_path).await,
-        }
-    }
-    tracing::info!("shutting down: no new connections, draining in-flight requests");
-    gateway.shutdown();
-    if gateway.drained().await {
-        tracing::info!("drained, bye");
-    } else {
-        tracing::warn!("shutdown_grace passed with requests still in flight; exiting anyway");
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(signals.serve_until_stopped(&gateway, &config_path).await)
 }
 
 /// The ports the demo binds on 127.0.0.1 (0 = any free one).

@@ -2,7 +2,7 @@
 
 mod demo;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -207,32 +207,53 @@ async fn serve(
     settings: config::Settings,
     workers: &[tokio::runtime::Handle],
 ) -> anyhow::Result<ExitCode> {
-    use tokio::signal::unix::{signal, SignalKind};
     let gateway = Gateway::start_on(settings, workers).await?;
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let signals = Signals::install()?;
     tracing::info!(config = %path.display(), "gateway started");
-    loop {
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => reload(&gateway, &path).await,
+    Ok(signals.serve_until_stopped(&gateway, &path).await)
+}
+
+/// The process signals `gateway run` and `gateway demo` answer.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    /// SIGHUP reloads `config_path`; SIGTERM/SIGINT stop accepting and drain for up to
+    /// `shutdown_grace`, then the process exits 0.
+    async fn serve_until_stopped(mut self, gateway: &Gateway, config_path: &Path) -> ExitCode {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => break,
+                _ = self.int.recv() => break,
+                _ = self.hup.recv() => reload(gateway, config_path).await,
+            }
         }
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        gateway.shutdown();
+        if gateway.drained().await {
+            tracing::info!("drained, bye");
+        } else {
+            tracing::warn!("shutdown_grace passed with requests still in flight; exiting anyway");
+        }
+        ExitCode::SUCCESS
     }
-    tracing::info!("shutting down: no new connections, draining in-flight requests");
-    gateway.shutdown();
-    if gateway.drained().await {
-        tracing::info!("drained, bye");
-    } else {
-        tracing::warn!("shutdown_grace passed with requests still in flight; exiting anyway");
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGHUP: re-reads `path` along the same path as the admin `POST /reload`, which logs every
 /// error, keeps the running config on failure, and counts `gateway_config_reloads_total`.
-async fn reload(gateway: &Gateway, path: &std::path::Path) {
+async fn reload(gateway: &Gateway, path: &Path) {
     gateway.set_config_path(path.to_owned());
     let _ = gateway.reload_from_file().await;
 }
