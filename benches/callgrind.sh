@@ -15,25 +15,14 @@ DURATION="${DURATION:-8s}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 log() { printf '[callgrind] %s\n' "$*" >&2; }
 
-need=()
-command -v valgrind >/dev/null || need+=(valgrind)
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx-light)
-command -v curl >/dev/null || need+=(curl)
-if ((${#need[@]})); then
-  SUDO=""; [[ $EUID -eq 0 ]] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source "$ROOT/benches/lib.sh"
+need_tools valgrind=valgrind wrk=wrk nginx=nginx-light curl=curl python3=python3
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then (cd "$ROOT" && cargo build --release --quiet); fi
 BINS=("$@"); ((${#BINS[@]})) || BINS=("$ROOT/target/release/gateway")
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/gateway-callgrind.XXXXXX")"; chmod 755 "$TMP"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_tmp callgrind keep   # the profiles stay for callgrind_annotate
 
 UP=$(free_port); GW=$(free_port)
 cat > "$TMP/up.conf" <<EOF

@@ -13,23 +13,11 @@ DURATION="${DURATION:-8s}"; ROUNDS="${ROUNDS:-3}"; CONNS="${CONNS:-64}"; WORKERS
 SKIP_WHITENOISE="${SKIP_WHITENOISE:-0}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${GATEWAY_BIN:-$ROOT/target/release/gateway}"
-for tool in nginx wrk python3 curl; do
-  if ! command -v "$tool" >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq nginx-light wrk python3 curl >/dev/null
-    break
-  fi
-done
+source "$ROOT/benches/lib.sh"
+need_tools nginx=nginx-light wrk=wrk python3=python3 curl=curl
 [[ "${SKIP_BUILD:-0}" == 1 ]] || (cd "$ROOT" && cargo build --release --quiet)
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/gateway-static-bench.XXXXXX")"; chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_tmp static-bench
 GW=$(free_port); NX=$(free_port); WN=$(free_port); DUMMY=$(free_port)
 
 # The folder: a 1 KiB and a 100 KiB hashed stylesheet with .gz siblings, as collectstatic +
