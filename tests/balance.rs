@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::{Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -353,42 +352,13 @@ impl Revivable {
         let probes = Arc::new(AtomicUsize::new(0));
         let first_hit = Arc::new(OnceLock::new());
         let kill = CancellationToken::new();
-        let (h, p, f, k) = (
-            hits.clone(),
-            probes.clone(),
-            first_hit.clone(),
-            kill.clone(),
-        );
-        tokio::spawn(async move {
-            loop {
-                let stream = tokio::select! {
-                    _ = k.cancelled() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(_) => continue,
-                    },
-                };
-                let (h, p, f, k) = (h.clone(), p.clone(), f.clone(), k.clone());
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: http::Request<_>| {
-                        if req.uri().path() == "/healthz" {
-                            p.fetch_add(1, Ordering::SeqCst);
-                        } else {
-                            h.fetch_add(1, Ordering::SeqCst);
-                            f.get_or_init(|| (Instant::now(), p.load(Ordering::SeqCst)));
-                        }
-                        async move {
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                            Ok::<_, std::convert::Infallible>(Response::new(full("ok")))
-                        }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::select! {
-                        _ = k.cancelled() => {}
-                        _ = conn => {}
-                    }
-                });
+        let (h, p, f) = (hits.clone(), probes.clone(), first_hit.clone());
+        serve_until_killed(listener, kill.clone(), move |req| {
+            if req.uri().path() == "/healthz" {
+                p.fetch_add(1, Ordering::SeqCst);
+            } else {
+                h.fetch_add(1, Ordering::SeqCst);
+                f.get_or_init(|| (Instant::now(), p.load(Ordering::SeqCst)));
             }
         });
         Revivable {

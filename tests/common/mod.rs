@@ -311,4 +311,4 @@ pub use django::{django_app_dir, django_stack};
 #[allow(unused_imports)] // not every test binary uses the JWT helpers
 pub use jwt::*;
 #[allow(unused_imports)] // only the balance tests kill servers
-pub use killable::Killable;
+pub use killable::{serve_until_killed, Killable};
