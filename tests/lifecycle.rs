@@ -274,17 +274,15 @@ async fn binary_drains_in_flight_request_and_exits_0_on_sigterm() {
     gw.signal("TERM");
 
     // New connections are refused while the slow request is still being served.
-    let refused = async {
+    let first_refusal = async {
         loop {
-            if let Err(e) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    return term_at.elapsed();
-                }
+            if refused(SocketAddr::from(([127, 0, 0, 1], port))).await {
+                return term_at.elapsed();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     };
-    let refused_after = tokio::time::timeout(Duration::from_millis(700), refused)
+    let refused_after = tokio::time::timeout(Duration::from_millis(700), first_refusal)
         .await
         .expect("listener still accepting 700 ms after SIGTERM");
     assert!(

@@ -31,54 +31,6 @@ async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
-/// Writes `raw`, then reads until the peer closes or `timeout`. Returns what was read and
-/// whether the peer closed the connection (EOF or reset) within the timeout.
-async fn exchange(addr: SocketAddr, raw: impl AsRef<[u8]>, timeout: Duration) -> (String, bool) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(raw.as_ref()).await.unwrap();
-    read_until_closed(&mut stream, timeout).await
-}
-
-/// Reads until EOF/reset or `timeout`; returns the bytes and whether the connection closed.
-async fn read_until_closed(stream: &mut TcpStream, timeout: Duration) -> (String, bool) {
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let closed = loop {
-        let mut buf = [0u8; 16 * 1024];
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Err(_) => break false,
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
-        }
-    };
-    (String::from_utf8_lossy(&out).into_owned(), closed)
-}
-
-/// Reads exactly one response (head plus a `Content-Length` body) from a kept-alive connection.
-async fn read_one_response(stream: &mut TcpStream, timeout: Duration) -> Option<String> {
-    let read = async {
-        let mut out = Vec::new();
-        loop {
-            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .map_or(0, |v| v.trim().parse().unwrap());
-                if out.len() >= end + 4 + len {
-                    return Some(String::from_utf8_lossy(&out).into_owned());
-                }
-            }
-            let mut buf = [0u8; 4096];
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(timeout, read).await.ok().flatten()
-}
-
 fn checksum(data: &[u8]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     data.hash(&mut h);
@@ -236,7 +188,7 @@ async fn oversized_request_head_gets_431() {
 
     let big = "a".repeat(20 * KIB);
     let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n");
-    let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+    let (got, closed) = raw_exchange_closed(addr, raw, Duration::from_secs(3)).await;
     assert!(closed);
     assert_eq!(status_of(&got), 431, "{got}");
     assert_eq!(up.hits(), 0);
@@ -244,7 +196,7 @@ async fn oversized_request_head_gets_431() {
     // A head well under the limit still passes.
     let small = "a".repeat(4 * KIB);
     let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {small}\r\nConnection: close\r\n\r\n");
-    let (got, _) = exchange(addr, raw, Duration::from_secs(3)).await;
+    let (got, _) = raw_exchange_closed(addr, raw, Duration::from_secs(3)).await;
     assert_eq!(status_of(&got), 200, "{got}");
     assert_eq!(up.hits(), 1);
     assert_eq!(up.last().headers["x-big"].len(), 4 * KIB);
@@ -365,7 +317,7 @@ async fn declared_body_over_server_limit_gets_413_without_contacting_upstream() 
     let addr = gw.addr("http");
     // Only the head is sent: the answer must not wait for the 5000 declared bytes.
     let raw = "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
-    let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+    let (got, closed) = raw_exchange_closed(addr, raw, Duration::from_secs(3)).await;
     assert_eq!(status_of(&got), 413, "{got}");
     assert!(
         got.contains(r#"{"error":"body_too_large","status":413}"#),
@@ -379,7 +331,7 @@ async fn declared_body_over_server_limit_gets_413_without_contacting_upstream() 
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!((up.hits(), up.connections()), (0, 0));
-    let (got, _) = exchange(addr, raw, Duration::from_secs(3)).await;
+    let (got, _) = raw_exchange_closed(addr, raw, Duration::from_secs(3)).await;
     assert_eq!(status_of(&got), 200, "{got}");
     assert!(got.ends_with("\r\n\r\n1024"), "{got}");
     assert_eq!(up.hits(), 1);
@@ -424,7 +376,7 @@ logging: {{ access_log: false }}
             "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{}",
             "b".repeat(len)
         );
-        exchange(addr, raw, Duration::from_secs(3))
+        raw_exchange_closed(addr, raw, Duration::from_secs(3))
     };
     assert_eq!(status_of(&post("/small", 500).await.0), 413);
     assert_eq!(status_of(&post("/small", 100).await.0), 200);
@@ -457,11 +409,13 @@ async fn chunked_body_growing_past_limit_gets_413_when_buffered() {
     );
     let gw = TestGateway::start(&yaml).await;
     let addr = gw.addr("http");
-    let (got, _) = exchange(addr, chunked_request("/", 5, 400), Duration::from_secs(3)).await;
+    let (got, _) =
+        raw_exchange_closed(addr, chunked_request("/", 5, 400), Duration::from_secs(3)).await;
     assert_eq!(status_of(&got), 413, "{got}");
     assert_eq!((up.hits(), up.connections(), up.received()), (0, 0, 0));
     // Just under the limit, chunked, is forwarded whole (re-framed with Content-Length).
-    let (got, _) = exchange(addr, chunked_request("/", 2, 500), Duration::from_secs(3)).await;
+    let (got, _) =
+        raw_exchange_closed(addr, chunked_request("/", 2, 500), Duration::from_secs(3)).await;
     assert_eq!(status_of(&got), 200, "{got}");
     assert!(got.ends_with("\r\n\r\n1000"), "{got}");
 }
@@ -807,7 +761,7 @@ async fn connections_over_max_connections_wait_for_a_free_slot() {
 // ---------------------------------------------------------------------------------------------
 
 async fn expect_400_closed(addr: SocketAddr, raw: &str, up: &TestUpstream) {
-    let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+    let (got, closed) = raw_exchange_closed(addr, raw, Duration::from_secs(3)).await;
     assert_eq!(status_of(&got), 400, "{raw:?} -> {got}");
     assert!(closed, "connection left open after 400 for {raw:?}");
     assert_eq!(up.hits(), 0, "upstream hit for {raw:?}");
@@ -873,7 +827,7 @@ async fn content_length_with_transfer_encoding_is_400_and_closes() {
             let raw = format!(
                 "POST /both HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
             );
-            let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+            let (got, closed) = raw_exchange_closed(addr, raw, Duration::from_secs(3)).await;
             // hyper alone would frame it by Transfer-Encoding and drop Content-Length (in
             // the TE-first order without a trace); the gateway refuses it outright.
             assert_eq!(status_of(&got), 400, "{framing:?} -> {got}");
@@ -886,7 +840,7 @@ async fn content_length_with_transfer_encoding_is_400_and_closes() {
                    POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n\
                    POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n\
                    POST /third HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n";
-        let (got, closed) = exchange(addr, raw.to_owned(), Duration::from_secs(3)).await;
+        let (got, closed) = raw_exchange_closed(addr, raw.to_owned(), Duration::from_secs(3)).await;
         let statuses: Vec<&str> = got
             .match_indices("HTTP/1.1 ")
             .map(|(i, _)| &got[i + 9..i + 12])
@@ -913,7 +867,7 @@ async fn pipelined_smuggling_attempt_never_reaches_upstream() {
                 "POST / HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n0\r\n\r\n\
                  GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
             );
-            let (got, closed) = exchange(addr, raw, Duration::from_secs(3)).await;
+            let (got, closed) = raw_exchange_closed(addr, raw, Duration::from_secs(3)).await;
             assert!(closed, "{got}");
             assert_eq!(
                 got.matches("HTTP/1.1 ").count(),
@@ -922,7 +876,7 @@ async fn pipelined_smuggling_attempt_never_reaches_upstream() {
             );
             // Also a CL.TE desync aimed at a pooled upstream connection: the next request
             // on a fresh client connection must be the only other thing the upstream sees.
-            let (next, _) = exchange(
+            let (next, _) = raw_exchange_closed(
                 addr,
                 "GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                 Duration::from_secs(3),

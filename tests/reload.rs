@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,11 +17,9 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 /// Upper bound for any single network step in these tests.
 const STEP: Duration = Duration::from_secs(5);
@@ -140,17 +137,11 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap()
 }
 
-/// TCP connect + TLS handshake for `localhost`, trusting `ca`, offering `alpn`.
-async fn tls_connect(ca: &TestCa, addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    tokio::time::timeout(
-        STEP,
-        TlsConnector::from(ca.rustls_client(alpn)).connect(name, tcp),
-    )
-    .await
-    .expect("TLS handshake hung")
-    .unwrap()
+/// [`tls_connect`] for `localhost`, trusting `ca`, offering `alpn`.
+async fn tls_localhost(ca: &TestCa, addr: SocketAddr, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    tls_connect(addr, ca.rustls_client(alpn), "localhost", STEP)
+        .await
+        .unwrap()
 }
 
 /// Which of the `known` leaf certificates (label, DER) the server presented on `tls`.
@@ -160,14 +151,6 @@ fn served(tls: &TlsStream<TcpStream>, known: &[(&'static str, &[u8])]) -> &'stat
         .iter()
         .find(|(_, der)| *der == leaf)
         .map_or("an unknown certificate", |(label, _)| label)
-}
-
-/// Whether connecting to `addr` is refused (nothing listens there any more).
-async fn refused(addr: SocketAddr) -> bool {
-    matches!(
-        TcpStream::connect(addr).await,
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused
-    )
 }
 
 /// A port that was free a moment ago.
@@ -415,7 +398,7 @@ async fn broken_config_keeps_the_running_one_and_counts_failures() {
     let names: Vec<String> = gw.gateway.listeners().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["http", "https"]);
     assert_eq!((gw.addr("http"), gw.addr("https")), (http, https));
-    let tls = tls_connect(&ca, https, &[]).await;
+    let tls = tls_localhost(&ca, https, &[]).await;
     assert_eq!(
         served(&tls, &[("the running one", &der)]),
         "the running one"
@@ -454,7 +437,7 @@ async fn renewed_certificate_reaches_new_handshakes_while_open_connections_keep_
     let https = gw.addr("https");
     let both: &[&[u8]] = &[b"h2", b"http/1.1"];
 
-    let open = tls_connect(&ca, https, &[b"http/1.1"]).await;
+    let open = tls_localhost(&ca, https, &[b"http/1.1"]).await;
     assert_eq!(served(&open, certs), "old");
     let mut open = h1(open).await;
     assert_eq!(send(&mut open, "/a").await.unwrap(), (200, "ok /a".into()));
@@ -462,7 +445,7 @@ async fn renewed_certificate_reaches_new_handshakes_while_open_connections_keep_
     // Renewed on disk: nothing changes until the reload.
     std::fs::copy(&new_cert, &cert).unwrap();
     std::fs::copy(&new_key, &key).unwrap();
-    let before = tls_connect(&ca, https, both).await;
+    let before = tls_localhost(&ca, https, both).await;
     assert_eq!(served(&before, certs), "old");
 
     // Reload with a different ALPN list too: new handshakes get both.
@@ -471,7 +454,7 @@ async fn renewed_certificate_reaches_new_handshakes_while_open_connections_keep_
         .await
         .unwrap();
     assert_eq!(gw.addr("https"), https, "the listener was rebound");
-    let renewed = tls_connect(&ca, https, both).await;
+    let renewed = tls_localhost(&ca, https, both).await;
     assert_eq!(served(&renewed, certs), "new");
     assert_eq!(renewed.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let mut renewed = h1(renewed).await;
@@ -487,7 +470,7 @@ async fn renewed_certificate_reaches_new_handshakes_while_open_connections_keep_
     // A certificate that no longer loads: the reload fails, the renewed one keeps serving.
     std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
     reload(&gw, &yaml("")).await.unwrap_err();
-    let after = tls_connect(&ca, https, both).await;
+    let after = tls_localhost(&ca, https, both).await;
     assert_eq!(served(&after, certs), "new");
     assert_eq!((reloads(&gw, "success"), reloads(&gw, "failure")), (1, 1));
 }

@@ -20,8 +20,6 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ProtocolVersion, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 /// Upper bound for any single network step in these tests.
 const STEP: Duration = Duration::from_secs(2);
@@ -161,54 +159,11 @@ fn accept_any_client() -> Arc<ClientConfig> {
     Arc::new(config)
 }
 
-/// TCP connect + TLS handshake with `server_name` (a DNS name sends SNI, an IP sends none).
-async fn tls_connect(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    server_name: &str,
-) -> io::Result<TlsStream<TcpStream>> {
-    let name = ServerName::try_from(server_name.to_owned()).unwrap();
-    let tcp = TcpStream::connect(addr).await?;
-    tokio::time::timeout(STEP, TlsConnector::from(config).connect(name, tcp))
-        .await
-        .expect("TLS handshake hung")
-}
-
 /// The rustls error inside a failed handshake's `io::Error`.
 fn rustls_error(e: &io::Error) -> &rustls::Error {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .unwrap_or_else(|| panic!("not a rustls error: {e:?}"))
-}
-
-/// Writes `raw`, reads until the server closes (must happen within [`STEP`]).
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, raw: &str) -> String {
-    stream.write_all(raw.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(STEP, stream.read_to_end(&mut out))
-        .await
-        .expect("server did not close the connection")
-        .ok();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Reads a response head (through `\r\n\r\n`) byte by byte, so nothing after it is consumed.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(STEP, stream.read(&mut byte))
-            .await
-            .expect("head did not arrive")
-            .unwrap();
-        assert!(
-            n == 1,
-            "closed before the end of the head: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(byte[0]);
-    }
-    String::from_utf8(head).unwrap()
 }
 
 // 1. HTTPS with h2 via ALPN and with HTTP/1.1.
@@ -268,13 +223,14 @@ async fn client_without_alpn_gets_http1() {
     let (c, k, _) = ca.issue("a", &["a.test"]);
     let up = TestUpstream::echo().await;
     let gw = TestGateway::start(&tls_yaml(up.addr, &[(c, k)], "", "", "")).await;
-    let tls = tls_connect(gw.addr("https"), ca.rustls_client(&[]), "a.test")
+    let tls = tls_connect(gw.addr("https"), ca.rustls_client(&[]), "a.test", STEP)
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
-    let res = exchange(
+    let res = exchange_on_stream(
         tls,
         "GET /no-alpn HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        STEP,
     )
     .await;
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
@@ -302,7 +258,7 @@ async fn sni_selects_certificate_exact_wildcard_and_default() {
         ("B.Test", &b_der),
         ("x.wild.test", &w_der),
     ] {
-        let tls = tls_connect(addr, verified.clone(), name)
+        let tls = tls_connect(addr, verified.clone(), name, STEP)
             .await
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let got = tls.get_ref().1.peer_certificates().unwrap()[0].as_ref();
@@ -313,11 +269,11 @@ async fn sni_selects_certificate_exact_wildcard_and_default() {
     // A verifying client then refuses it, since it does not cover the name.
     let any = accept_any_client();
     for name in ["unknown.test", "x.y.wild.test", "wild.test", "127.0.0.1"] {
-        let tls = tls_connect(addr, any.clone(), name).await.unwrap();
+        let tls = tls_connect(addr, any.clone(), name, STEP).await.unwrap();
         let got = tls.get_ref().1.peer_certificates().unwrap()[0].as_ref();
         assert_eq!(got, a_der.as_slice(), "default certificate for {name}");
     }
-    let err = tls_connect(addr, verified, "unknown.test")
+    let err = tls_connect(addr, verified, "unknown.test", STEP)
         .await
         .expect_err("a.test certificate must not verify for unknown.test");
     assert!(
@@ -326,12 +282,13 @@ async fn sni_selects_certificate_exact_wildcard_and_default() {
     );
 
     // And the chosen certificate's connection really serves requests.
-    let tls = tls_connect(addr, accept_any_client(), "b.test")
+    let tls = tls_connect(addr, accept_any_client(), "b.test", STEP)
         .await
         .unwrap();
-    let res = exchange(
+    let res = exchange_on_stream(
         tls,
         "GET /b HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+        STEP,
     )
     .await;
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
@@ -356,7 +313,7 @@ async fn min_version_1_3_refuses_tls_1_2_clients() {
     let tls12 = client_config(&ca, &[&rustls::version::TLS12], &[b"http/1.1"]);
     let tls13 = client_config(&ca, &[&rustls::version::TLS13], &[b"http/1.1"]);
 
-    let err = tls_connect(strict.addr("https"), tls12.clone(), "a.test")
+    let err = tls_connect(strict.addr("https"), tls12.clone(), "a.test", STEP)
         .await
         .expect_err("TLS 1.2 client must be refused");
     assert!(
@@ -367,31 +324,33 @@ async fn min_version_1_3_refuses_tls_1_2_clients() {
         "{err:?}"
     );
 
-    let tls = tls_connect(strict.addr("https"), tls13, "a.test")
+    let tls = tls_connect(strict.addr("https"), tls13, "a.test", STEP)
         .await
         .unwrap();
     assert_eq!(
         tls.get_ref().1.protocol_version(),
         Some(ProtocolVersion::TLSv1_3)
     );
-    let res = exchange(
+    let res = exchange_on_stream(
         tls,
         "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        STEP,
     )
     .await;
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
 
     // The default minimum (1.2) accepts the same 1.2 client.
-    let tls = tls_connect(lax.addr("https"), tls12, "a.test")
+    let tls = tls_connect(lax.addr("https"), tls12, "a.test", STEP)
         .await
         .unwrap();
     assert_eq!(
         tls.get_ref().1.protocol_version(),
         Some(ProtocolVersion::TLSv1_2)
     );
-    let res = exchange(
+    let res = exchange_on_stream(
         tls,
         "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        STEP,
     )
     .await;
     assert!(res.starts_with("HTTP/1.1 200"), "{res}");
@@ -409,7 +368,7 @@ async fn alpn_http1_only_listener() {
     let gw = TestGateway::start(&yaml).await;
     let addr = gw.addr("https");
 
-    let err = tls_connect(addr, ca.rustls_client(&[b"h2"]), "a.test")
+    let err = tls_connect(addr, ca.rustls_client(&[b"h2"]), "a.test", STEP)
         .await
         .expect_err("h2-only client must be refused");
     assert!(
@@ -420,9 +379,14 @@ async fn alpn_http1_only_listener() {
         "{err:?}"
     );
 
-    let tls = tls_connect(addr, ca.rustls_client(&[b"h2", b"http/1.1"]), "a.test")
-        .await
-        .unwrap();
+    let tls = tls_connect(
+        addr,
+        ca.rustls_client(&[b"h2", b"http/1.1"]),
+        "a.test",
+        STEP,
+    )
+    .await
+    .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 
     // reqwest offers h2 first but must end up on HTTP/1.1.
@@ -462,10 +426,11 @@ async fn host_differing_from_sni_gets_421() {
     let get = |sni: &'static str, host: &'static str| {
         let config = config.clone();
         async move {
-            let tls = tls_connect(addr, config, sni).await.unwrap();
-            exchange(
+            let tls = tls_connect(addr, config, sni, STEP).await.unwrap();
+            exchange_on_stream(
                 tls,
                 &format!("GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+                STEP,
             )
             .await
         }
@@ -496,12 +461,13 @@ async fn host_differing_from_sni_gets_421() {
     assert_eq!((app.hits(), admin.hits()), (2, 1));
 
     // No SNI at all (a client connecting by IP): nothing vouches for admin.test either.
-    let tls = tls_connect(addr, accept_any_client(), "127.0.0.1")
+    let tls = tls_connect(addr, accept_any_client(), "127.0.0.1", STEP)
         .await
         .unwrap();
-    let res = exchange(
+    let res = exchange_on_stream(
         tls,
         "GET /x HTTP/1.1\r\nHost: admin.test\r\nConnection: close\r\n\r\n",
+        STEP,
     )
     .await;
     assert_eq!(status_of(&res), 421, "{res}");
@@ -526,7 +492,7 @@ async fn h2_authority_differing_from_sni_gets_421() {
     let app = TestUpstream::echo().await;
     let admin = TestUpstream::echo().await;
     let gw = TestGateway::start(&misdirect_yaml(&ca, app.addr, admin.addr)).await;
-    let tls = tls_connect(gw.addr("https"), ca.rustls_client(&[b"h2"]), "a.test")
+    let tls = tls_connect(gw.addr("https"), ca.rustls_client(&[b"h2"]), "a.test", STEP)
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
@@ -638,7 +604,7 @@ async fn websocket_echo_upstream() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
             };
             let heads = heads2.clone();
             tokio::spawn(async move {
-                let head = read_head(&mut stream).await;
+                let head = read_head(&mut stream, STEP).await;
                 heads.lock().unwrap().push(head);
                 stream
                     .write_all(
@@ -664,7 +630,7 @@ const WS_REQUEST: &str = "GET /ws?room=1 HTTP/1.1\r\nHost: chat.test\r\nUpgrade:
 /// tunnel to close too.
 async fn websocket_round_trip<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     stream.write_all(WS_REQUEST.as_bytes()).await.unwrap();
-    let head = read_head(&mut stream).await;
+    let head = read_head(&mut stream, STEP).await;
     assert_eq!(status_of(&head), 101, "{head}");
     let lower = head.to_ascii_lowercase();
     assert!(lower.contains("\r\nupgrade: websocket\r\n"), "{head}");
@@ -727,6 +693,7 @@ async fn websocket_upgrade_is_passed_through_plain_and_tls() {
         gw.addr("https"),
         ca.rustls_client(&[b"http/1.1"]),
         "chat.test",
+        STEP,
     )
     .await
     .unwrap();
@@ -746,7 +713,7 @@ async fn truncating_upstream() -> SocketAddr {
                 continue;
             };
             tokio::spawn(async move {
-                read_head(&mut stream).await;
+                read_head(&mut stream, STEP).await;
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n0123456789")
                     .await;
@@ -783,7 +750,7 @@ async fn truncated_upstream_body_is_not_completed_over_http1() {
     // Keep-alive client: the gateway must close the connection, or the client would wait
     // forever for the other 99990 bytes.
     let tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
-    let res = exchange(tcp, "GET /big HTTP/1.1\r\nHost: x.test\r\n\r\n").await;
+    let res = exchange_on_stream(tcp, "GET /big HTTP/1.1\r\nHost: x.test\r\n\r\n", STEP).await;
     assert_eq!(status_of(&res), 200, "{res}");
     assert!(
         res.to_ascii_lowercase().contains("content-length: 100000"),
@@ -926,9 +893,14 @@ async fn h2_preface_on_an_http1_alpn_connection_is_refused() {
     let up = TestUpstream::echo().await;
     let yaml = tls_yaml(up.addr, &[(c, k)], "      alpn: [http/1.1]", "", "");
     let gw = TestGateway::start(&yaml).await;
-    let tls = tls_connect(gw.addr("https"), ca.rustls_client(&[b"http/1.1"]), "a.test")
-        .await
-        .unwrap();
+    let tls = tls_connect(
+        gw.addr("https"),
+        ca.rustls_client(&[b"http/1.1"]),
+        "a.test",
+        STEP,
+    )
+    .await
+    .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let outcome = tokio::time::timeout(STEP, async move {
         let (mut send, conn) =
@@ -963,7 +935,7 @@ async fn h2_connection_without_a_request_is_closed_after_header_read_timeout() {
     let partial = &preface[..10];
     let whole = [preface, empty_settings].concat();
     for sent in [partial, &whole[..]] {
-        let mut tls = tls_connect(gw.addr("https"), ca.rustls_client(&[b"h2"]), "a.test")
+        let mut tls = tls_connect(gw.addr("https"), ca.rustls_client(&[b"h2"]), "a.test", STEP)
             .await
             .unwrap();
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));

@@ -1,5 +1,6 @@
 //! Integration-test helpers: a gateway started from YAML on 127.0.0.1:0, in-test upstream
-//! servers that record what they see, a throwaway CA (rcgen) and clients that trust it.
+//! servers that record what they see, a throwaway CA (rcgen) and clients that trust it; raw
+//! HTTP/1.1 over plain and TLS sockets in `raw`.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -18,8 +19,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;
@@ -261,23 +261,6 @@ pub async fn closed_port() -> SocketAddr {
     addr
 }
 
-/// Plain HTTP/1.1 over a raw socket: writes `raw`, reads until the peer closes or `timeout`.
-pub async fn raw_exchange(addr: SocketAddr, raw: impl AsRef<[u8]>, timeout: Duration) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(raw.as_ref()).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The status code of the first response in `raw` (`HTTP/1.1 404 ...` → 404).
-pub fn status_of(raw: &str) -> u16 {
-    raw.split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"))
-}
-
 /// A minimal YAML for one plain listener `http` and one upstream `app` serving every path.
 pub fn simple_yaml(upstream: SocketAddr, extraserver: &str, extra_server: &str) -> String {
     format!(
@@ -306,9 +289,12 @@ logging:
 mod django;
 mod jwt;
 mod killable;
+mod raw;
 #[allow(unused_imports)] // only the Django tests use these
 pub use django::{django_app_dir, django_stack};
 #[allow(unused_imports)] // not every test binary uses the JWT helpers
 pub use jwt::*;
 #[allow(unused_imports)] // only the balance tests kill servers
 pub use killable::{serve_until_killed, Killable};
+#[allow(unused_imports)] // only the tests that speak HTTP over raw sockets use these
+pub use raw::*;

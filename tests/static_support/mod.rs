@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use async_compression::tokio::bufread::{BrotliDecoder, BrotliEncoder, GzipDecoder, GzipEncoder};
 use gateway::server::Gateway;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
-use crate::common::{TestGateway, TestUpstream};
+use crate::common::{raw_exchange_parsed, RawResponse, TestGateway, TestUpstream};
 
 /// Content of the file beside the root: must never appear in any response.
 pub const SECRET: &str = "TOP-SECRET-d41d8cd98f00b204";
@@ -184,61 +183,13 @@ async fn write_tree(root: &Path) {
     }
 }
 
-/// One raw HTTP/1.1 exchange.
-#[derive(Debug)]
-pub struct Raw {
-    pub status: u16,
-    /// Lower-case names.
-    pub headers: Vec<(String, String)>,
-    /// Everything after the head, as received (chunked framing not undone).
-    pub body: Vec<u8>,
-    /// The whole response, lossy text.
-    pub text: String,
-}
-
-impl Raw {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// Sends `METHOD target` with `headers` (each `Name: value`) and `Connection: close`.
-pub async fn raw(addr: SocketAddr, method: &str, target: &str, headers: &[&str]) -> Raw {
+pub async fn raw(addr: SocketAddr, method: &str, target: &str, headers: &[&str]) -> RawResponse {
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\n");
     for h in headers {
         head.push_str(h);
         head.push_str("\r\n");
     }
     head.push_str("Connection: close\r\n\r\n");
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out))
-        .await
-        .expect("response within 10s")
-        .unwrap();
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&out)));
-    let head = String::from_utf8_lossy(&out[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    Raw {
-        status,
-        headers,
-        body: out[split + 4..].to_vec(),
-        text: String::from_utf8_lossy(&out).into_owned(),
-    }
+    raw_exchange_parsed(addr, head, Duration::from_secs(10)).await
 }
