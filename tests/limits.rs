@@ -153,6 +153,114 @@ async fn h2_prior_knowledge_without_a_request_is_closed_after_header_read_timeou
     }
 }
 
+/// Writes the first `split` bytes, pauses, then passes everything through: a client whose
+/// opening bytes arrive in two TCP segments.
+struct PausedStart {
+    inner: TcpStream,
+    split: usize,
+    written: usize,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for PausedStart {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PausedStart {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::{ready, Poll};
+        let this = &mut *self;
+        if this.written < this.split {
+            let n = buf.len().min(this.split - this.written);
+            let n = ready!(std::pin::Pin::new(&mut this.inner).poll_write(cx, &buf[..n]))?;
+            this.written += n;
+            if this.written == this.split {
+                this.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if let Some(pause) = &mut this.pause {
+            ready!(std::future::Future::poll(pause.as_mut(), cx));
+            this.pause = None;
+        }
+        std::pin::Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A plain listener tells HTTP/2 (prior knowledge) from HTTP/1.1 by the first bytes, also
+/// when they arrive split: a preface cut after 10 bytes is still HTTP/2, and an HTTP/1.1
+/// request whose first segment is just "P" (a prefix of the preface) is still HTTP/1.1.
+#[tokio::test]
+async fn plain_listener_tells_http2_from_http1_when_the_first_bytes_arrive_split() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "", "  header_read_timeout: 2s");
+    let gw = TestGateway::start(&yaml).await;
+
+    let tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let io = PausedStart {
+        inner: tcp,
+        split: 10,
+        written: 0,
+        pause: None,
+    };
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://{}/ok", gw.addr("http")))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .expect("h2 response in time")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.ends_with(b"GET /ok"), "{body:?}");
+
+    let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
+    stream.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream
+        .write_all(b"OST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed);
+    assert_eq!(status_of(&got), 200, "{got}");
+    assert!(got.ends_with("POST /ok"), "{got}");
+    assert_eq!(up.hits(), 2);
+}
+
 #[tokio::test]
 async fn request_head_completed_in_time_is_served() {
     let _g = shared().await;

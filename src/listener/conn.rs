@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerSettings;
@@ -19,22 +19,18 @@ use crate::handler::{self, AmbiguousFraming, ConnInfo, State};
 
 mod framing;
 
-/// Which HTTP version(s) to speak on a connection.
+/// Which HTTP version to speak on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
-    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge.
-    Auto,
     Http1,
     Http2,
 }
 
 /// hyper connection builders, configured once per listener from `server:` settings.
 ///
-/// TLS connections use hyper's HTTP/1.1 or HTTP/2 builder as ALPN decided (hyper-util's auto
-/// builder would sniff and accept either, whatever ALPN said); plain TCP uses the auto builder
-/// (HTTP/1.1, or HTTP/2 with prior knowledge).
+/// TLS connections use hyper's HTTP/1.1 or HTTP/2 builder as ALPN decided; plain TCP
+/// connections peek at their first bytes for the HTTP/2 preface ([`serve_tcp`]).
 pub struct Builders {
-    auto: Builder<TokioExecutor>,
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
@@ -52,19 +48,6 @@ impl Builders {
             .max(8192);
         let max_header_list = u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX);
 
-        let mut auto = Builder::new(TokioExecutor::new());
-        auto.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
-            .max_buf_size(max_buf)
-            .keep_alive(true);
-        auto.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(max_header_list)
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .keep_alive_interval(Some(server.idle_timeout))
-            .keep_alive_timeout(H2_PING_TIMEOUT);
-
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
@@ -79,7 +62,6 @@ impl Builders {
             .keep_alive_interval(Some(server.idle_timeout))
             .keep_alive_timeout(H2_PING_TIMEOUT);
         Builders {
-            auto,
             http1,
             http2,
             idle_timeout: server.idle_timeout,
@@ -92,8 +74,64 @@ impl Builders {
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The HTTP/2 connection preface a prior-knowledge client opens with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves a plain TCP connection: HTTP/2 when it opens with the prior-knowledge preface,
+/// else HTTP/1.1. The first bytes are peeked, not read, so hyper's parser reads them itself:
+/// no rewind layer, and hyper's read buffer keeps its initial 8 KiB (after a rewound prefix
+/// it doubled to 16 KiB for the life of the connection).
+pub async fn serve_tcp(
+    stream: TcpStream,
+    builders: Arc<Builders>,
+    state: Arc<arc_swap::ArcSwap<State>>,
+    info: Arc<ConnInfo>,
+    shutdown: CancellationToken,
+) {
+    let deadline = tokio::time::Instant::now() + builders.header_read_timeout;
+    let protocol = tokio::select! {
+        sniffed = tokio::time::timeout_at(deadline, sniff(&stream)) => match sniffed {
+            Ok(Ok(Some(protocol))) => protocol,
+            Ok(Ok(None)) => return, // closed before sending anything
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "connection failed before its first request");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("closing connection: no request within header_read_timeout");
+                return;
+            }
+        },
+        _ = shutdown.cancelled() => return,
+    };
+    serve(stream, protocol, builders, state, info, shutdown, deadline).await
+}
+
+/// Waits for enough of the first bytes to tell HTTP/2's preface from anything else; `None`
+/// if the peer closed first. A partial preface is re-peeked after a short sleep (peek would
+/// return the same bytes at once and spin); the caller bounds the wait.
+async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut first).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if first[..n] != H2_PREFACE[..n] {
+            return Ok(Some(Protocol::Http1));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(Protocol::Http2));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
 /// Serves requests on `io` until the client leaves, the connection idles out, or
-/// `shutdown` fires (then in-flight requests finish and the connection closes).
+/// `shutdown` fires (then in-flight requests finish and the connection closes). The first
+/// request must reach the service by `first_request_by`.
 pub async fn serve<I>(
     io: I,
     protocol: Protocol,
@@ -101,6 +139,7 @@ pub async fn serve<I>(
     state: Arc<arc_swap::ArcSwap<State>>,
     info: Arc<ConnInfo>,
     shutdown: CancellationToken,
+    first_request_by: tokio::time::Instant,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -109,7 +148,7 @@ pub async fn serve<I>(
         last_activity: Arc::new(AtomicU64::new(0)),
         requested: Arc::new(AtomicBool::new(false)),
         idle: builders.idle_timeout,
-        first_request: builders.header_read_timeout,
+        first_request_by,
         shutdown,
     };
     // HTTP/1.1 heads are watched for request smuggling (see `framing`); HTTP/2 frames
@@ -136,10 +175,6 @@ pub async fn serve<I>(
         handler::handle(state, info.clone(), req)
     });
     match protocol {
-        Protocol::Auto => {
-            let conn = builders.auto.serve_connection_with_upgrades(io, service);
-            watch.drive(conn, |c| c.graceful_shutdown()).await
-        }
         Protocol::Http1 => {
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
             watch.drive(conn, |c| c.graceful_shutdown()).await
@@ -158,7 +193,7 @@ struct Watch {
     /// Whether a request has reached the service yet (for the first-request deadline).
     requested: Arc<AtomicBool>,
     idle: Duration,
-    first_request: Duration,
+    first_request_by: tokio::time::Instant,
     shutdown: CancellationToken,
 }
 
@@ -172,13 +207,13 @@ impl Watch {
         let mut draining = false;
         let idle_check = tokio::time::sleep(self.idle);
         tokio::pin!(idle_check);
-        // The first request must arrive within header_read_timeout. hyper's HTTP/1 header
-        // timer only starts once its parser runs (on plain TCP the version sniffing before it
-        // waits for bytes forever), and HTTP/2 has no header timer at all: a client that sends
-        // part of the preface, or a SETTINGS frame and no HEADERS, would otherwise hold a
-        // connection slot until the idle timeout. Later requests on HTTP/1.1 are bounded by
-        // hyper's header timer; on HTTP/2 by the keep-alive pings and the idle timeout.
-        let first_request = tokio::time::sleep(self.first_request);
+        // The first request must arrive within header_read_timeout of the connection (or of
+        // its TLS handshake). hyper's HTTP/1 header timer only starts once its parser runs,
+        // and HTTP/2 has no header timer at all: a client that sends part of the preface, or a
+        // SETTINGS frame and no HEADERS, would otherwise hold a connection slot until the idle
+        // timeout. Later requests on HTTP/1.1 are bounded by hyper's header timer; on HTTP/2
+        // by the keep-alive pings and the idle timeout.
+        let first_request = tokio::time::sleep_until(self.first_request_by);
         tokio::pin!(first_request);
         let mut awaiting_first_request = true;
         loop {

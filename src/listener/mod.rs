@@ -6,8 +6,10 @@ pub mod conn;
 pub mod set;
 pub mod tls;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -109,12 +111,15 @@ impl Acceptor {
         tracing::info!(listener = %self.name, "stopped accepting");
     }
 
+    /// The connection's work, boxed: a plain and a TLS connection need futures of very
+    /// different sizes (the TLS one holds the rustls session and handshake state), and one
+    /// unboxed future would reserve the larger for every connection.
     fn connection_task(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         options: Arc<ListenerOptions>,
-    ) -> impl std::future::Future<Output = ()> {
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let state = self.state.clone();
         let current = state.load();
         let server = &current.settings.server;
@@ -130,57 +135,60 @@ impl Acceptor {
         let listener = self.name.clone();
         let redirect_https = options.redirect_https;
         let metrics = options.metrics.clone();
-        async move {
-            let mut info = ConnInfo {
-                peer,
-                peer_header: crate::proxy::headers::peer_header(peer.ip()),
-                listener,
-                tls: tls.is_some(),
-                sni: None,
-                tls_version: None,
-                redirect_https,
-                peer_trusted,
+        let mut info = ConnInfo {
+            peer,
+            peer_header: crate::proxy::headers::peer_header(peer.ip()),
+            listener,
+            tls: tls.is_some(),
+            sni: None,
+            tls_version: None,
+            redirect_https,
+            peer_trusted,
+        };
+        let Some(acceptor) = tls else {
+            return Box::pin(conn::serve_tcp(
+                stream,
+                builders,
+                state,
+                Arc::new(info),
+                shutdown,
+            ));
+        };
+        Box::pin(async move {
+            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    metrics.handshake_failed(false);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    metrics.handshake_failed(true);
+                    return;
+                }
             };
-            match tls {
-                None => {
-                    conn::serve(
-                        stream,
-                        Protocol::Auto,
-                        builders,
-                        state,
-                        Arc::new(info),
-                        shutdown,
-                    )
-                    .await
-                }
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-                    let stream = match handshake.await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            metrics.handshake_failed(false);
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            metrics.handshake_failed(true);
-                            return;
-                        }
-                    };
-                    let (_, session) = stream.get_ref();
-                    metrics.handshake(session.protocol_version());
-                    info.sni = session.server_name().map(|s| s.to_ascii_lowercase());
-                    info.tls_version =
-                        crate::observability::tls_version(session.protocol_version());
-                    let protocol = match session.alpn_protocol() {
-                        Some(b"h2") => Protocol::Http2,
-                        _ => Protocol::Http1,
-                    };
-                    conn::serve(stream, protocol, builders, state, Arc::new(info), shutdown).await
-                }
-            }
-        }
+            let (_, session) = stream.get_ref();
+            metrics.handshake(session.protocol_version());
+            info.sni = session.server_name().map(|s| s.to_ascii_lowercase());
+            info.tls_version = crate::observability::tls_version(session.protocol_version());
+            let protocol = match session.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            let first_request_by = tokio::time::Instant::now() + handshake_timeout;
+            let info = Arc::new(info);
+            conn::serve(
+                stream,
+                protocol,
+                builders,
+                state,
+                info,
+                shutdown,
+                first_request_by,
+            )
+            .await
+        })
     }
 }
