@@ -319,7 +319,7 @@ async fn route_and_forward(
                 peer: &conn.peer_header,
                 peer_trusted: conn.peer_trusted,
                 https: conn.tls,
-                host: host.as_ref(),
+                host,
                 request_id,
             };
             let hash = upstream.request_hash(&KeyInput {
@@ -334,7 +334,7 @@ async fn route_and_forward(
                 upstream,
                 req,
                 path_and_query,
-                &fwd,
+                fwd,
                 route.max_body_bytes,
                 hash,
             )

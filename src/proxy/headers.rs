@@ -25,8 +25,11 @@ pub struct Forwarding<'a> {
     /// The peer is in `server.trusted_proxies`: its `X-Forwarded-For` is appended to.
     pub peer_trusted: bool,
     pub https: bool,
-    /// Host as the client named it (`Host` or `:authority`), port included.
-    pub host: Option<&'a HeaderValue>,
+    /// Host as the client named it (`Host` or `:authority`), port included. Taken (moved
+    /// into the upstream request) by [`prepare_request`]: the value shares hyper's read buffer
+    /// with the rest of the request head, and holding it while the upstream answers would
+    /// keep that 8 KiB buffer alive beside the next one hyper allocates.
+    pub host: Option<HeaderValue>,
     pub request_id: &'a HeaderValue,
 }
 
@@ -44,7 +47,7 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
 }
 
 /// Rewrites a client request's headers into what is sent upstream.
-pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>, websocket: bool) {
+pub fn prepare_request(headers: &mut HeaderMap, fwd: &mut Forwarding<'_>, websocket: bool) {
     let upgrade = if websocket {
         headers.get(UPGRADE).cloned()
     } else {
@@ -52,10 +55,10 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &Forwarding<'_>, websocket:
     };
     remove_hop_by_hop(headers);
 
-    match fwd.host {
+    match fwd.host.take() {
         Some(host) => {
-            headers.insert(HOST, host.clone());
             headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+            headers.insert(HOST, host);
         }
         None => {
             headers.remove(HOST);
@@ -247,7 +250,7 @@ mod tests {
             peer: &PEER,
             peer_trusted: trusted,
             https: true,
-            host: Some(host),
+            host: Some(host.clone()),
             request_id: id,
         }
     }
@@ -267,7 +270,7 @@ mod tests {
         );
         let host = HeaderValue::from_static("example.com:8443");
         let id = HeaderValue::from_static("abc");
-        prepare_request(&mut h, &fwd(&host, &id, false), false);
+        prepare_request(&mut h, &mut fwd(&host, &id, false), false);
         assert!(h.get("foo").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(CONNECTION).is_none());
@@ -286,10 +289,10 @@ mod tests {
         h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("2.2.2.2"));
         let mut untrusted = h.clone();
-        prepare_request(&mut untrusted, &fwd(&host, &id, false), false);
+        prepare_request(&mut untrusted, &mut fwd(&host, &id, false), false);
         assert_eq!(untrusted.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(untrusted[&X_FORWARDED_FOR], "10.0.0.7");
-        prepare_request(&mut h, &fwd(&host, &id, true), false);
+        prepare_request(&mut h, &mut fwd(&host, &id, true), false);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.7");
     }
 
@@ -301,7 +304,7 @@ mod tests {
         assert!(is_websocket_upgrade(&h));
         let host = HeaderValue::from_static("h");
         let id = HeaderValue::from_static("i");
-        prepare_request(&mut h, &fwd(&host, &id, false), true);
+        prepare_request(&mut h, &mut fwd(&host, &id, false), true);
         assert_eq!(h[UPGRADE], "websocket");
         assert_eq!(h[CONNECTION], "upgrade");
 

@@ -61,7 +61,7 @@ pub async fn forward<'u>(
     upstream: &'u Upstream,
     mut req: Request<Incoming>,
     path_and_query: PathAndQuery,
-    fwd: &Forwarding<'_>,
+    mut fwd: Forwarding<'_>,
     body_limit: u64,
     hash: Option<u64>,
 ) -> Result<Forwarded<'u>, GatewayError> {
@@ -69,10 +69,19 @@ pub async fn forward<'u>(
         req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let mut header_map = parts.headers;
+    // Nothing of the client's request head is held while the upstream answers (the head's
+    // values share one hyper read buffer): its URI is dropped here, the headers and method
+    // move into the upstream request, and the target only stays for a possible replay.
+    let http::request::Parts {
+        method,
+        uri: client_uri,
+        headers: mut header_map,
+        ..
+    } = parts;
+    drop(client_uri);
     let had_framing =
         header_map.contains_key(CONTENT_LENGTH) || header_map.contains_key(TRANSFER_ENCODING);
-    headers::prepare_request(&mut header_map, fwd, websocket);
+    headers::prepare_request(&mut header_map, &mut fwd, websocket);
 
     body::check_declared_length(&body, body_limit)?;
     let settings = &upstream.settings;
@@ -98,9 +107,10 @@ pub async fn forward<'u>(
         // server is possible at all.
         let can_retry = settings.retries > 0 && upstream.servers.len() > 1;
         if let (true, true, false, Some(bytes)) =
-            (can_retry, is_idempotent(&parts.method), websocket, bytes)
+            (can_retry, is_idempotent(&method), websocket, bytes)
         {
-            replay = Some((parts.method.clone(), header_map.clone(), bytes));
+            let uri = Uri::from(path_and_query.clone());
+            replay = Some((method.clone(), uri, header_map.clone(), bytes));
         }
         buffered.into_body()?
     } else {
@@ -108,7 +118,7 @@ pub async fn forward<'u>(
     };
     // Origin-form (`/path?query`): the connection already names the server.
     let uri = Uri::from(path_and_query);
-    let mut request = build_request(parts.method, uri.clone(), header_map, body);
+    let mut request = build_request(method, uri, header_map, body);
 
     let limits = Limits {
         connect_timeout: settings.connect_timeout,
@@ -158,7 +168,7 @@ pub async fn forward<'u>(
                 // memory is sent again from its copy.
                 let reset = matches!(error, GatewayError::UpstreamFailed { .. });
                 let unsent = unsent.or_else(|| {
-                    let (method, headers, bytes) = replay.as_ref().filter(|_| reset)?;
+                    let (method, uri, headers, bytes) = replay.as_ref().filter(|_| reset)?;
                     let body = crate::error::full_body(bytes.clone());
                     Some(build_request(
                         method.clone(),
