@@ -5,16 +5,21 @@
 #   benches/balance.sh                              # DURATION=10s ROUNDS=3, fast 10 ms / slow 100 ms
 #   SKIP_BUILD=1 DURATION=5s ROUNDS=1 benches/balance.sh
 #   FAST_MS=20 SLOW_MS=200 benches/balance.sh       # other latencies (keep the 10x if comparing)
+#   CLIENT=ab SKIP_BUILD=1 benches/balance.sh       # ApacheBench (ab -k) instead of wrk
 #
 # The upstreams are three small asyncio HTTP/1.1 servers (python3, keep-alive), each its own
 # process, answering "hello world" after a fixed delay: FAST_MS for two, SLOW_MS for one. One
 # gateway per strategy runs side by side (idle ones cost nothing); rounds alternate
 # A B C A B C so drift hits every strategy alike; each run is wrk -t1 -c$CONNS --latency.
+# CLIENT=ab cross-checks the tail with another client: ab -k -c$CONNS for the same time
+# (HTTP/1.0 keep-alive, whole-millisecond percentiles). On 2026-11-22 wrk reported ~1% of
+# p2c's requests 25-100 ms slow that neither ab nor the gateway's own request-duration
+# histogram saw (see RESULTS.md), so the p99 of one client alone is worth a second look.
 # The slow server's share of requests comes from each gateway's admin /upstreams.
 # The delays are large enough that they, not CPU queueing, set the latencies on a small
 # machine: with 1 ms servers a 2-CPU box is CPU-bound (p50 several ms for every server), and
 # the slow server is then only ~2x slower as the balancer sees it, not 10x.
-# Traffic goes to 127.0.0.1 only. Needs wrk, python3, curl (installed when missing).
+# Traffic goes to 127.0.0.1 only. Needs wrk (or ab), python3, curl (installed when missing).
 set -euo pipefail
 
 # ---------------------------------------------------------------- settings
@@ -27,6 +32,7 @@ FAST_MS="${FAST_MS:-10}"        # delay of the two fast servers
 SLOW_MS="${SLOW_MS:-100}"       # delay of the slow one
 STRATEGIES=(round_robin least_conn p2c)
 KEEP_TMP="${KEEP_TMP:-0}"       # 1 = keep the temp dir (configs, logs, raw wrk output)
+CLIENT="${CLIENT:-wrk}"         # wrk | ab
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="${GATEWAY_BIN:-$ROOT/target/release/gateway}"
@@ -35,13 +41,16 @@ log() { printf '[balance-bench] %s\n' "$*" >&2; }
 die() { printf '[balance-bench] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ "$CLIENT" == wrk || "$CLIENT" == ab ]] || die "CLIENT must be wrk or ab"
+secs() { [[ "$1" =~ ^([0-9]+)s?$ ]] || die "ab needs whole seconds: $1"; echo "${BASH_REMATCH[1]}"; }
+if [[ "$CLIENT" == ab ]]; then secs "$DURATION" >/dev/null; secs "$WARMUP" >/dev/null; fi
 
 # ---------------------------------------------------------------- tools
-for tool in wrk python3 curl; do
+for tool in "$CLIENT" python3 curl; do
   if ! command -v "$tool" >/dev/null; then
     SUDO=""; [[ $EUID -eq 0 ]] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk python3 curl >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk apache2-utils python3 curl >/dev/null
     break
   fi
 done
@@ -139,11 +148,16 @@ print(next(s["requests"] for s in servers if s["address"] == sys.argv[1]))' "$SL
 # ---------------------------------------------------------------- measurement
 RESULTS="$TMP/results.tsv"; : >"$RESULTS"
 run() {  # STRATEGY ROUND DURATION -> a TSV row unless ROUND=warmup
-  local s="$1" round="$2" dur="$3" out="$TMP/wrk-$1-$2.txt" before after pid rc=0
+  local s="$1" round="$2" dur="$3" out="$TMP/$CLIENT-$1-$2.txt" before after pid rc=0
   before="$(slow_requests "$s")"
-  wrk -t1 -c"$CONNS" -d"$dur" --latency "http://127.0.0.1:${GW[$s]}/" >"$out" 2>&1 & pid=$!; PIDS+=("$pid")
+  if [[ "$CLIENT" == ab ]]; then
+    ab -k -c"$CONNS" -t"$(secs "$dur")" -n 100000000 "http://127.0.0.1:${GW[$s]}/" >"$out" 2>&1 & pid=$!
+  else
+    wrk -t1 -c"$CONNS" -d"$dur" --latency "http://127.0.0.1:${GW[$s]}/" >"$out" 2>&1 & pid=$!
+  fi
+  PIDS+=("$pid")
   wait "$pid" || rc=$?
-  ((rc == 0)) || { cat "$out" >&2; die "wrk failed against $s"; }
+  ((rc == 0)) || { cat "$out" >&2; die "$CLIENT failed against $s"; }
   after="$(slow_requests "$s")"
   [[ "$round" == warmup ]] && return 0
   python3 - "$out" "$s" "$round" "$((after - before))" >>"$RESULTS" <<'PY'
@@ -151,15 +165,16 @@ import re, sys
 path, strategy, rnd, slow = sys.argv[1:]
 text = open(path).read()
 unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-def pct(p):
-    m = re.search(rf"^\s*{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-    return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
-m = re.search(r"(\d+) requests in", text)
-reqs = int(m.group(1)) if m else 0
-m = re.search(r"Requests/sec:\s+([\d.]+)", text)
-rps = float(m.group(1)) if m else float("nan")
-m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-bad = int(m.group(1)) if m else 0
+def pct(p):  # wrk: "99%  12.34ms"; ab: "99%     21" (whole ms)
+    m = re.search(rf"^\s*{p}%\s+([\d.]+)(us|ms|s)?\s*$", text, re.M)
+    return float(m.group(1)) * unit[m.group(2) or "ms"] if m else float("nan")
+def num(pattern, default=0):
+    m = re.search(pattern, text)
+    return m.group(1) if m else default
+reqs = int(num(r"(\d+) requests in") or num(r"Complete requests:\s+(\d+)"))
+rps = float(num(r"Requests/sec:\s+([\d.]+)") or num(r"Requests per second:\s+([\d.]+)", "nan"))
+bad = int(num(r"Non-2xx or 3xx responses:\s+(\d+)")) + int(num(r"Non-2xx responses:\s+(\d+)"))
+bad += int(num(r"Failed requests:\s+(\d+)"))
 m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
 bad += sum(map(int, m.groups())) if m else 0
 share = 100 * int(slow) / reqs if reqs else float("nan")
@@ -174,15 +189,16 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 # ---------------------------------------------------------------- report
-python3 - "$RESULTS" "$DURATION" "$ROUNDS" "$CONNS" "$WORKERS" "$FAST_MS" "$SLOW_MS" "$(nproc)" <<'PY'
+python3 - "$RESULTS" "$DURATION" "$ROUNDS" "$CONNS" "$WORKERS" "$FAST_MS" "$SLOW_MS" "$(nproc)" "$CLIENT" <<'PY'
 import math, statistics, sys
-path, dur, rounds, conns, workers, fast, slow, ncpu = sys.argv[1:]
+path, dur, rounds, conns, workers, fast, slow, ncpu, client = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 def med(s, col):
     v = [float(r[col]) for r in rows if r[0] == s]
     return statistics.median(v) if v else float("nan")
-print(f"\nOne of three servers 10x slower (fast {fast} ms, slow {slow} ms): wrk -t1 -c{conns} "
-      f"-d{dur} --latency, median of {rounds} alternating rounds, worker_threads {workers}, {ncpu} CPUs\n")
+run = f"wrk -t1 -c{conns} -d{dur} --latency" if client == "wrk" else f"ab -k -c{conns} -t{dur}"
+print(f"\nOne of three servers 10x slower (fast {fast} ms, slow {slow} ms): {run}, "
+      f"median of {rounds} alternating rounds, worker_threads {workers}, {ncpu} CPUs\n")
 print("| strategy | req/s | p50 ms | p99 ms | p99 vs round_robin | slow server's share |")
 print("|---|---:|---:|---:|---:|---:|")
 rr = med("round_robin", 4)

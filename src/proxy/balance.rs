@@ -3,11 +3,41 @@
 //!
 //! - `round_robin`: smooth weighted round-robin as nginx does it (no bursts to one server).
 //! - `least_conn`: fewest in-flight requests per unit of weight; ties go round-robin by weight.
-//! - `p2c`: two servers drawn at random (in proportion to weight), the less loaded one wins
-//!   (in-flight requests + 1, times the peak-EWMA latency when one is over 2× the other's).
+//! - `p2c`: two distinct servers drawn at random (in proportion to weight); the cheaper one
+//!   wins (see below).
 //! - `consistent_hash`: a ring of virtual nodes (100 per unit of weight) keyed by server
 //!   address, so removing one of N servers remaps only about 1/N of keys; a key whose server
 //!   is unusable walks on to the next server on the ring.
+//!
+//! ## `p2c`'s cost
+//!
+//! Each candidate has its requests in flight `n` and its peak-EWMA latency `t`
+//! (`server_state`: it decays while the server is idle, holds while answers are due, and
+//! counts a first request still unanswered at its age).
+//!
+//! - Servers alike in latency (the slower one at most 2× the faster, or at most
+//!   [`LATENCY_FLOOR_US`] slower): cost `n + 1`. Latency is ignored, so jitter between equal
+//!   servers (1 ms vs 3 ms on loopback) cannot pin traffic to whichever looked faster, and
+//!   the weights decide at low concurrency.
+//! - One clearly slower (over 2× *and* over the floor): cost `(n + 1) × t²`. Put as a ratio,
+//!   the slower server (`r` times slower) is chosen only while `(n_slow + 1) × r²` is below
+//!   `n_fast + 1`: every request there weighs `r²` fast in-flight requests.
+//!
+//! Why `t²` and not Linkerd's `(n + 1) × t`: that product weighs a request at an `r`× slower
+//! server as only `r` fast ones, as if every server answered one request at a time. A fast
+//! server that holds 30 requests at 13 ms each is evidently not queueing them, yet costs
+//! ~400 ms-requests, so a 10× slower one (100 ms) keeps taking requests until it holds ~4 —
+//! about 1% of the traffic at 10× the latency, i.e. the p99 (issue 4's benchmark: 1.1%).
+//! Weighing latency by the ratio as well (`t × t/t_fast`, the same comparison as `t²`) makes
+//! that request worth `r²` ≈ 60 fast ones: the slow server then sees live traffic only when
+//! the fast ones are really loaded, or as a probe once its estimate has decayed while idle
+//! (after ~80 ms here: the probe's sample tells whether it recovered), ~0.1% of requests.
+//! Servers that do queue (Gunicorn sync workers) stay balanced: as the fast ones take more,
+//! their latency rises, `r` falls back, the slower one takes overflow, and below 2× it is
+//! plain in-flight balancing again (so, as before, a server with a fraction of the others'
+//! capacity is kept within about 2× of their latency, not at equal latency). Peak-EWMA (a
+//! slower sample takes over at once) and the held estimate keep a server that is slow right
+//! now from being flooded while its samples catch up.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -17,6 +47,8 @@ use crate::config::Balance;
 const VNODES: u32 = 100;
 /// `p2c` weighs latency only when the slower server is this much (µs) slower, besides 2×.
 const LATENCY_FLOOR_US: u64 = 5_000;
+/// `p2c` weighs latency only when the slower server is over this many times slower.
+const LATENCY_RATIO: u64 = 2;
 
 pub struct Balancer {
     strategy: Balance,
@@ -129,17 +161,9 @@ impl Balancer {
             return Some(a); // the only usable server
         };
         // The draws already follow the weights: compare raw costs (dividing by weight too
-        // would count it twice). Latency only counts when one server is clearly slower (over
-        // 2× and by more than LATENCY_FLOOR_US), so jitter between equal servers on a fast
-        // network cannot pin traffic to whichever looked faster.
-        let (la, lb) = (load(a) + 1, load(b) + 1);
-        let (ta, tb) = (latency(a).max(1), latency(b).max(1));
-        let (slow, fast) = (ta.max(tb), ta.min(tb));
-        let (ca, cb) = match slow > fast.saturating_mul(2) && slow - fast > LATENCY_FLOOR_US {
-            true => (la.saturating_mul(ta), lb.saturating_mul(tb)),
-            false => (la, lb),
-        };
-        if cb < ca {
+        // would count it twice).
+        let cost = p2c_costs((load(a), latency(a)), (load(b), latency(b)));
+        if cost.1 < cost.0 {
             Some(b)
         } else {
             Some(a)
@@ -184,6 +208,20 @@ impl Balancer {
             }
         }
         None
+    }
+}
+
+/// `p2c`'s costs of two candidates given as `(in flight, latency µs)` (see the module doc):
+/// `n + 1`, or `(n + 1) × t²` when one is over 2× and over [`LATENCY_FLOOR_US`] slower.
+fn p2c_costs(a: (u64, u64), b: (u64, u64)) -> (u128, u128) {
+    let (la, lb) = (u128::from(a.0) + 1, u128::from(b.0) + 1);
+    let (ta, tb) = (a.1.max(1), b.1.max(1));
+    let (slow, fast) = (ta.max(tb), ta.min(tb));
+    if slow > fast.saturating_mul(LATENCY_RATIO) && slow - fast > LATENCY_FLOOR_US {
+        let (ta, tb) = (u128::from(ta), u128::from(tb));
+        (la.saturating_mul(ta * ta), lb.saturating_mul(tb * tb))
+    } else {
+        (la, lb)
     }
 }
 
@@ -287,6 +325,61 @@ mod tests {
         // The only usable server is chosen however slow.
         let only_a = |i: usize| i == 0;
         assert_eq!(b.pick(None, &only_a, &|_| 0, &slow), Some(0));
+    }
+
+    /// How often server 0 wins out of `rounds` picks between two servers of weight 1.
+    fn p2c_zeros(
+        rounds: usize,
+        load: &dyn Fn(usize) -> u64,
+        latency: &dyn Fn(usize) -> u64,
+    ) -> usize {
+        let b = Balancer::new(Balance::P2c, &[("a", 1), ("b", 1)]);
+        (0..rounds)
+            .filter(|_| b.pick(None, &|_| true, load, latency) == Some(0))
+            .count()
+    }
+
+    #[test]
+    fn p2c_keeps_a_10x_slower_idle_server_out_while_fast_ones_keep_up() {
+        // Issue 4's benchmark: fast servers hold ~30 requests at ~13 ms, the slow one answers
+        // in 100 ms. Linkerd's (n + 1) × t gave the idle slow server 1 × 100 < 31 × 13 = 403,
+        // so it took requests until it held ~4 (~1% of traffic, the p99).
+        let lat = |i: usize| if i == 0 { 100_000 } else { 13_000 };
+        let fast_busy = |i: usize| if i == 0 { 0 } else { 30 };
+        assert_eq!(p2c_zeros(200, &fast_busy, &lat), 0);
+        assert_eq!(
+            p2c_costs((0, 100_000), (30, 13_000)),
+            (100_000 * 100_000, 31 * 13_000 * 13_000)
+        );
+        // Once its estimate has decayed to 5× (after ~100 ms idle), it gets a probe...
+        let decayed = |i: usize| if i == 0 { 65_000 } else { 13_000 };
+        assert_eq!(p2c_zeros(200, &fast_busy, &decayed), 200);
+        // ...but only one: with that probe in flight it weighs 2 × 25 fast requests.
+        let probing = |i: usize| if i == 0 { 1 } else { 30 };
+        assert_eq!(p2c_zeros(200, &probing, &decayed), 0);
+    }
+
+    #[test]
+    fn p2c_sends_overflow_to_a_slower_server_as_the_fast_ones_queue() {
+        // 3× slower: worth 9 fast requests each, so it takes a share once they hold more.
+        let lat = |i: usize| if i == 0 { 30_000 } else { 10_000 };
+        let zeros = p2c_zeros(200, &|i| if i == 0 { 2 } else { 30 }, &lat);
+        assert_eq!(zeros, 200);
+        let zeros = p2c_zeros(200, &|i| if i == 0 { 3 } else { 30 }, &lat);
+        assert_eq!(zeros, 0);
+        // Sync workers: the fast servers' latency rose with their queue to within 2× of the
+        // slow one: latency no longer counts, in-flight requests alone decide.
+        let queued = |i: usize| if i == 0 { 100_000 } else { 60_000 };
+        let zeros = p2c_zeros(200, &|i| if i == 0 { 10 } else { 30 }, &queued);
+        assert_eq!(zeros, 200);
+    }
+
+    #[test]
+    fn p2c_costs_do_not_overflow() {
+        let (a, b) = p2c_costs((u64::MAX, u64::MAX), (0, 1));
+        assert_eq!(a, u128::MAX);
+        assert_eq!(b, 1);
+        assert_eq!(p2c_costs((u64::MAX, 1), (u64::MAX, 1)), (1 << 64, 1 << 64));
     }
 
     #[test]

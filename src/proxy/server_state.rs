@@ -14,11 +14,23 @@ use crate::observability::CurrentRequestId;
 
 /// Weight of a faster sample in the peak-EWMA (a slower one takes over at once).
 const EWMA_ALPHA: f64 = 0.3;
-/// Time constant of the peak-EWMA's decay towards zero while a server gets no samples (as
+/// Time constant of the peak-EWMA's decay towards zero once a server gets no samples (as
 /// tower's and Linkerd's PeakEwma decay): a server that looked slow once (one jittery
 /// response) is tried again within a few hundred milliseconds, a really slow one gets a probe
 /// now and then, and in-flight counting keeps that probe from becoming a burst.
+///
+/// The decay runs while the server is idle, not while answers are on the way: with requests
+/// in flight the estimate holds for up to [`HOLD_FACTOR`]× itself since the last sample (a
+/// 100 ms server otherwise decayed to 67% while its own probe was still out, and was chosen
+/// more). Past that hold it decays again, so a long-lived stream (SSE, websocket, a big
+/// download) cannot keep a server out for as long as it lasts after one slow sample. And
+/// from when a server becomes busy until its first answer, the estimate is at least the
+/// age of that first request: a server whose estimate decayed to nothing while unused (after
+/// an idle spell, an ejection) is not taken for the fastest and flooded until it answers.
 const EWMA_DECAY_MS: f64 = 250.0;
+/// With requests in flight, the estimate holds for this many times itself since the last
+/// sample (an answer is due within about the estimate), then decays as when idle.
+const HOLD_FACTOR: u64 = 2;
 
 /// Repeat ejections grow `eject_for` by 2^(n-1), at most by this factor.
 const MAX_EJECT_FACTOR: u32 = 8;
@@ -45,10 +57,14 @@ pub struct ServerState {
     ejections_total: AtomicU64,
     /// Active health (true without `health_check`).
     healthy: AtomicBool,
-    /// Peak-EWMA of response-head latency in µs (0 = no sample yet).
+    /// Peak-EWMA of response-head latency in µs (0 = no sample yet), as of `ewma_at_ms`.
     ewma_us: AtomicU64,
-    /// `now_ms()` of the last sample folded into `ewma_us`.
+    /// `now_ms()` of the last change of `ewma_us`'s regime: its last sample, or when the
+    /// server last became busy or idle. (Relaxed atomics: a race between a server's last
+    /// request ending and a new one starting can misplace one decay step.)
     ewma_at_ms: AtomicU64,
+    /// From when the server became busy until its first sample since.
+    awaiting_answer: AtomicBool,
     metrics: ServerMetrics,
 }
 
@@ -75,6 +91,7 @@ impl ServerState {
             healthy: AtomicBool::new(healthy),
             ewma_us: AtomicU64::new(0),
             ewma_at_ms: AtomicU64::new(0),
+            awaiting_answer: AtomicBool::new(false),
             metrics,
         }
     }
@@ -142,15 +159,30 @@ impl ServerState {
         changed
     }
 
-    /// The peak-EWMA latency in µs at `now` (`now_ms()`), decayed towards zero since the last
-    /// sample (`p2c`'s cost per request in flight; 0 before a sample).
+    /// The peak-EWMA latency in µs at `now` (`now_ms()`) for `p2c`'s cost (0 before a
+    /// sample): decayed over idle time, held while requests are in flight (within the hold),
+    /// and at least the age of the first request still awaiting an answer (see
+    /// [`EWMA_DECAY_MS`]).
     pub fn latency_us(&self, now: u64) -> u64 {
-        let ewma = self.ewma_us.load(Ordering::Relaxed);
-        let idle_ms = now.saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed));
-        if ewma == 0 || idle_ms == 0 {
-            return ewma;
+        let since = now.saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed));
+        if self.in_flight() == 0 {
+            return decayed(self.ewma_us.load(Ordering::Relaxed), since);
         }
-        (ewma as f64 * (-(idle_ms as f64) / EWMA_DECAY_MS).exp()) as u64
+        let held = self.held(since);
+        if self.awaiting_answer.load(Ordering::Relaxed) {
+            held.max(since.saturating_mul(1_000))
+        } else {
+            held
+        }
+    }
+
+    /// The estimate while busy, `since` ms after `ewma_at_ms`: held, then decaying.
+    fn held(&self, since: u64) -> u64 {
+        let ewma = self.ewma_us.load(Ordering::Relaxed);
+        decayed(
+            ewma,
+            since.saturating_sub(ewma.saturating_mul(HOLD_FACTOR) / 1_000),
+        )
     }
 
     /// Folds a response-head latency into the peak-EWMA: a slower sample takes over at once,
@@ -160,14 +192,42 @@ impl ServerState {
             .unwrap_or(u64::MAX)
             .max(1);
         let now = now_ms();
-        let old = self.latency_us(now);
-        self.ewma_at_ms.store(now, Ordering::Relaxed);
+        let old = self.held(now.saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed)));
         let next = if old == 0 || sample >= old {
             sample
         } else {
             (old as f64 * (1.0 - EWMA_ALPHA) + sample as f64 * EWMA_ALPHA) as u64
         };
         self.ewma_us.store(next.max(1), Ordering::Relaxed);
+        self.ewma_at_ms.store(now, Ordering::Relaxed);
+        self.awaiting_answer.store(false, Ordering::Relaxed);
+    }
+
+    /// A request starts here. Coming out of idleness (the clock is read only then), the
+    /// decay so far becomes the estimate, held from now on, and the wait for an answer
+    /// begins.
+    fn request_started(&self, now: impl FnOnce() -> u64) {
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) != 0 {
+            return;
+        }
+        let now = now();
+        let idle = now.saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed));
+        let ewma = decayed(self.ewma_us.load(Ordering::Relaxed), idle);
+        self.ewma_us.store(ewma, Ordering::Relaxed);
+        self.ewma_at_ms.store(now, Ordering::Relaxed);
+        self.awaiting_answer.store(true, Ordering::Relaxed);
+    }
+
+    /// A request here ended. When it was the last in flight (the clock is read only then),
+    /// the estimate as held so far is kept and the idle decay starts.
+    fn request_ended(&self, now: impl FnOnce() -> u64) {
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) != 1 {
+            return;
+        }
+        let now = now();
+        let held = self.held(now.saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed)));
+        self.ewma_us.store(held, Ordering::Relaxed);
+        self.ewma_at_ms.store(now, Ordering::Relaxed);
     }
 
     /// An exchange got a response head that is not a 5xx.
@@ -224,6 +284,15 @@ impl ServerState {
     }
 }
 
+/// `ewma` µs decayed over `idle_ms` (at least 1 µs, so a server with samples never reads as
+/// one without).
+fn decayed(ewma: u64, idle_ms: u64) -> u64 {
+    if ewma == 0 || idle_ms == 0 {
+        return ewma;
+    }
+    ((ewma as f64 * (-(idle_ms as f64) / EWMA_DECAY_MS).exp()) as u64).max(1)
+}
+
 /// `eject_for` × 2^(n-1), capped at [`MAX_EJECT_FACTOR`]×.
 pub fn ejection_time(eject_for: Duration, n: u32) -> Duration {
     let factor = 1u32
@@ -239,7 +308,7 @@ pub struct InFlight(Arc<ServerState>);
 
 impl InFlight {
     pub fn new(state: &Arc<ServerState>) -> Self {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        state.request_started(now_ms);
         state.metrics.in_flight.inc();
         InFlight(Arc::clone(state))
     }
@@ -247,7 +316,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.request_ended(now_ms);
         self.0.metrics.in_flight.dec();
     }
 }
@@ -345,6 +414,60 @@ mod tests {
         let one = s.latency_us(at + EWMA_DECAY_MS as u64);
         assert!(one.abs_diff(36_788) <= 10, "{one}");
         assert!(s.latency_us(at + 10 * EWMA_DECAY_MS as u64) < 10);
+    }
+
+    const TAU: u64 = EWMA_DECAY_MS as u64;
+
+    #[test]
+    fn peak_ewma_holds_while_answers_are_due() {
+        let s = state(1, Duration::from_secs(1));
+        s.request_started(|| 1_000);
+        s.request_started(|| unreachable!("only the first request reads the clock"));
+        s.observe_latency(Duration::from_millis(100));
+        let at = s.ewma_at_ms.load(Ordering::Relaxed);
+        // The other request is still out: no decay for twice the estimate...
+        assert_eq!(s.latency_us(at + 100), 100_000);
+        assert_eq!(s.latency_us(at + 200), 100_000);
+        // ...then the usual decay (a stream outliving it must not keep the server out).
+        let one = s.latency_us(at + 200 + TAU);
+        assert!(one.abs_diff(36_788) <= 10, "{one}");
+        // Idle from the end of the last request on.
+        s.request_ended(|| unreachable!("not idle yet"));
+        s.request_ended(|| at + 150);
+        assert_eq!(s.latency_us(at + 150), 100_000);
+        let one = s.latency_us(at + 150 + TAU);
+        assert!(one.abs_diff(36_788) <= 10, "{one}");
+    }
+
+    #[test]
+    fn peak_ewma_keeps_the_idle_decay_and_waits_for_the_first_answer() {
+        let s = state(1, Duration::from_secs(1));
+        s.observe_latency(Duration::from_millis(100));
+        let at = s.ewma_at_ms.load(Ordering::Relaxed);
+        // Idle for one time constant, then a request: e^-1 of the estimate, held.
+        s.request_started(|| at + TAU);
+        assert!(fresh(&s).abs_diff(36_788) <= 10, "{}", fresh(&s));
+        assert_eq!(s.latency_us(at + TAU + 30), fresh(&s));
+        // No answer after 50 ms: the server is at least that slow.
+        assert_eq!(s.latency_us(at + TAU + 50), 50_000);
+        assert_eq!(s.latency_us(at + TAU + 5_000), 5_000_000);
+        // Idle again after 60 ms (within the hold) and one more time constant: e^-2 in all.
+        s.request_ended(|| at + TAU + 60);
+        let two = s.latency_us(at + 2 * TAU + 60);
+        assert!(two.abs_diff(13_534) <= 10, "{two}");
+        // A long idle decays towards zero but still reads as a server with samples.
+        assert_eq!(s.latency_us(at + 1_000 * TAU), 1);
+    }
+
+    #[test]
+    fn a_server_without_samples_is_as_slow_as_its_first_request() {
+        let s = state(1, Duration::from_secs(1));
+        assert_eq!(s.latency_us(1_000), 0);
+        s.request_started(|| 1_000);
+        assert_eq!(s.latency_us(1_000), 0);
+        assert_eq!(s.latency_us(1_030), 30_000);
+        s.request_ended(|| 1_040);
+        assert_eq!(s.latency_us(1_050), 0);
     }
 
     #[test]
