@@ -256,6 +256,46 @@ mod tests {
     }
 
     #[test]
+    fn fixed_hop_by_hop_names_are_exactly_the_six() {
+        for name in [
+            &TE,
+            &TRAILER,
+            &TRANSFER_ENCODING,
+            &UPGRADE,
+            &KEEP_ALIVE,
+            &PROXY_CONNECTION,
+        ] {
+            assert!(is_fixed_hop_by_hop(name), "{name}");
+        }
+        for name in [
+            "connection",
+            "host",
+            "x-te",
+            "trailers",
+            "content-length",
+            "upgrade-x",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert!(!is_fixed_hop_by_hop(&name), "{name}");
+        }
+        // Any case on the wire is the same (lowercase) name.
+        let mixed = HeaderName::from_bytes(b"Keep-Alive").unwrap();
+        assert!(is_fixed_hop_by_hop(&mixed));
+    }
+
+    #[test]
+    fn connection_tokens_in_any_case_remove_their_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Keep-Alive, X-Secret"));
+        h.insert(&KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
     fn client_cannot_strip_gateway_headers_via_connection() {
         let mut h = HeaderMap::new();
         h.insert(
