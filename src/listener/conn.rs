@@ -216,15 +216,22 @@ impl Watch {
         let first_request = tokio::time::sleep_until(self.first_request_by);
         tokio::pin!(first_request);
         let mut awaiting_first_request = true;
+        // Made once: a fresh `cancelled()` per wake-up would register with the token and
+        // deregister again (a lock each way) on every request.
+        let shutdown = self.shutdown.cancelled();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
+                // The connection first: it is what woke us nearly every time (the other
+                // branches are timers and the shutdown signal, none of which can starve).
+                biased;
                 result = conn.as_mut() => {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                     return;
                 }
-                _ = self.shutdown.cancelled(), if !draining => {
+                _ = shutdown.as_mut(), if !draining => {
                     draining = true;
                     graceful(conn.as_mut());
                 }
