@@ -1,7 +1,8 @@
 //! Load balancing and upstream health over real sockets: passive ejection and readmission,
 //! 503 with no usable server, active health checks, zero failed requests while a server dies
 //! under load (5,000 requests, 32 at a time) and its return within `healthy_after × interval`
-//! of a restart, strategy distribution over weighted servers, consistent-hash stickiness.
+//! of a restart, strategy distribution over weighted servers, consistent-hash stickiness, and
+//! no task left behind by a health check that flaps between pass, fail and timeout.
 
 mod common;
 
@@ -594,6 +595,75 @@ async fn reload_ends_the_old_health_checkers() {
     let after = up.hits();
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert_eq!(up.hits(), after, "a retired state's checker still runs");
+}
+
+/// A health endpoint on plain threads (outside the test's runtime, so that runtime's task
+/// count is the gateway's): check n answers 200 when n % 3 == 0, 500 when n % 3 == 1, and
+/// holds the connection open for 30 s without answering when n % 3 == 2. Returns the address
+/// and the number of checks received.
+fn flapping_health_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let seen = checks.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head);
+                let status = match n % 3 {
+                    0 => "200 OK",
+                    1 => "500 Internal Server Error",
+                    _ => {
+                        std::thread::sleep(Duration::from_secs(30));
+                        return;
+                    }
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+            });
+        }
+    });
+    (addr, checks)
+}
+
+/// A server whose checks flip between pass, fail and time out on every round: the checker
+/// keeps going, health follows it, and no task is left behind by the timed-out probes (each
+/// of those holds an upstream connection the server never answers for 30 s).
+#[tokio::test]
+async fn health_check_flapping_does_not_leak_tasks() {
+    let (addr, checks) = flapping_health_endpoint();
+    let extra = "    health_check: { path: /healthz, interval: 10ms, timeout: 40ms, unhealthy_after: 1, healthy_after: 1 }";
+    let gw = TestGateway::start(&yaml(&[quoted(addr)], extra)).await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = tasks();
+    let mut states = std::collections::HashSet::new();
+    let mut most = baseline;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        states.insert(admin_upstreams(&gw).await[0]["healthy"] == true);
+        most = most.max(tasks());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let checked = checks.load(Ordering::SeqCst);
+    // ~1.5 s at one check per 10-50 ms; a third of them time out.
+    assert!(checked >= 30, "only {checked} checks arrived");
+    assert_eq!(states.len(), 2, "health never flapped: {states:?}");
+    // A leaked probe would stay alive for the endpoint's 30 s: a dozen or more by now.
+    assert!(
+        most <= baseline + 3,
+        "tasks grew from {baseline} to {most} over {checked} flapping checks"
+    );
 }
 
 #[tokio::test]

@@ -102,8 +102,9 @@ impl Probe {
         stream.set_nodelay(true)?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        // The connection task ends with this probe (dropped on return or timeout).
-        let conn = tokio::spawn(conn);
+        // The connection task ends with this probe: aborted on return, and on a timeout
+        // when the probe is dropped mid-request (a plain JoinHandle would only detach it).
+        let conn = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(conn));
         let mut request = Request::new(Empty::<Bytes>::new());
         *request.uri_mut() = self.path.clone();
         request.headers_mut().insert(HOST, self.host.clone());
@@ -111,7 +112,7 @@ impl Probe {
             .headers_mut()
             .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         let result = sender.send_request(request).await;
-        conn.abort();
+        drop(conn);
         Ok(result?.status())
     }
 }
