@@ -125,6 +125,11 @@ impl Drop for State {
 #[derive(Debug, Clone, Copy)]
 pub struct AmbiguousFraming;
 
+/// Request extension set by the connection when its framing scanner no longer follows it:
+/// the response closes the connection (unless it is a `101` switching protocols).
+#[derive(Debug, Clone, Copy)]
+pub struct CloseAfter;
+
 /// What is known about the client connection a request arrived on.
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -170,6 +175,7 @@ pub async fn handle(
             claims: None,
         })
     });
+    let close_after = req.extensions().get::<CloseAfter>().is_some();
     let mut labels = Labels::default();
     let routed = route_and_forward(&state, &conn, req, &request_id, &mut labels);
     // Events below the handler (proxy, JWT, static files) take the id from here.
@@ -187,6 +193,11 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id);
+    if close_after && response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     // Metrics and the access log are written when the body is done (or abandoned).
     let completion = Completion {
         route: state.metrics.route(labels.route_index).clone(),

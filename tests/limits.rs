@@ -102,6 +102,83 @@ async fn trickled_request_head_does_not_extend_header_read_timeout() {
     assert_eq!(up.hits(), 0);
 }
 
+/// Keep-alive idle is `idle_timeout`'s business, not `header_read_timeout`'s: a connection
+/// that waits longer than header_read_timeout between two requests still gets its second
+/// answer (hyper's own header timer, no longer used, also ran between requests).
+#[tokio::test]
+async fn keep_alive_wait_longer_than_header_read_timeout_is_served() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(
+        up.addr,
+        "",
+        "  header_read_timeout: 300ms\n  idle_timeout: 60s",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let request = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    let first = read_one_response(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(first.as_deref().map(status_of), Some(200), "{first:?}");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    stream.write_all(request).await.unwrap();
+    let second = read_one_response(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(second.as_deref().map(status_of), Some(200), "{second:?}");
+    assert_eq!(up.hits(), 2);
+}
+
+/// A later request's head on a keep-alive connection is timed from its first byte: sent in
+/// part and then left, or trickled a byte every 50 ms, it is cut off after
+/// header_read_timeout, without an answer and without reaching the upstream.
+#[tokio::test]
+async fn later_request_head_is_bounded_by_header_read_timeout() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(
+        up.addr,
+        "",
+        "  header_read_timeout: 300ms\n  idle_timeout: 60s",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    for trickle in [false, true] {
+        let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
+        stream
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let first = read_one_response(&mut stream, Duration::from_secs(3)).await;
+        assert_eq!(first.as_deref().map(status_of), Some(200), "{first:?}");
+        // Idle for longer than header_read_timeout first: that is allowed.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stream
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let closed_after = loop {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "a partial second head (trickle: {trickle}) still open after 3 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if trickle && stream.write_all(b"a").await.is_err() {
+                break start.elapsed();
+            }
+            let mut buf = [0u8; 64];
+            match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break start.elapsed(),
+                Ok(Ok(n)) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n])),
+                Err(_) => {}
+            }
+        };
+        assert!(
+            closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(1),
+            "trickle: {trickle}: closed after {closed_after:?}"
+        );
+    }
+    assert_eq!(up.hits(), 2);
+}
+
 #[tokio::test]
 async fn silent_connection_is_closed_after_header_read_timeout() {
     let _g = shared().await;

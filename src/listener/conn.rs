@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerSettings;
-use crate::handler::{self, AmbiguousFraming, ConnInfo, State};
+use crate::handler::{self, AmbiguousFraming, CloseAfter, ConnInfo, State};
 
 mod framing;
 
@@ -41,17 +41,19 @@ pub struct Builders {
 
 impl Builders {
     pub fn new(server: &ServerSettings) -> Self {
-        // hyper's header timer also runs while an HTTP/1.1 connection waits for its next
-        // request, so keep-alive idle on HTTP/1.1 is bounded by header_read_timeout too.
         let max_buf = usize::try_from(server.max_header_bytes)
             .unwrap_or(usize::MAX)
             .max(8192);
         let max_header_list = u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX);
 
+        // No hyper header timer: it would also run while a keep-alive connection waits for
+        // its next request (bounding keep-alive idle by header_read_timeout instead of
+        // idle_timeout) and it costs a timer per request. ActivityIo times request heads
+        // from their first byte instead, with the framing scanner's view of the stream.
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(max_buf)
             .keep_alive(true);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -161,15 +163,21 @@ pub async fn serve<I>(
         scanner: verdict
             .as_ref()
             .map(|v| framing::Scanner::new(builders.max_head, v.clone())),
+        head_timeout: builders.header_read_timeout,
+        head_started: None,
+        head_deadline: None,
     });
     let requested = watch.requested.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         requested.store(true, Ordering::Relaxed);
-        if verdict
-            .as_ref()
-            .is_some_and(|v| v.next_request_is_ambiguous())
-        {
-            req.extensions_mut().insert(AmbiguousFraming);
+        if let Some(v) = &verdict {
+            let (ambiguous, close_after) = v.next_request();
+            if ambiguous {
+                req.extensions_mut().insert(AmbiguousFraming);
+            }
+            if close_after {
+                req.extensions_mut().insert(CloseAfter);
+            }
         }
         let state = state.load_full();
         handler::handle(state, info.clone(), req)
@@ -208,11 +216,11 @@ impl Watch {
         let idle_check = tokio::time::sleep(self.idle);
         tokio::pin!(idle_check);
         // The first request must arrive within header_read_timeout of the connection (or of
-        // its TLS handshake). hyper's HTTP/1 header timer only starts once its parser runs,
-        // and HTTP/2 has no header timer at all: a client that sends part of the preface, or a
-        // SETTINGS frame and no HEADERS, would otherwise hold a connection slot until the idle
-        // timeout. Later requests on HTTP/1.1 are bounded by hyper's header timer; on HTTP/2
-        // by the keep-alive pings and the idle timeout.
+        // its TLS handshake), whether or not it sends anything: HTTP/1.1 heads are otherwise
+        // timed from their first byte (ActivityIo), and HTTP/2 has no header timer at all: a
+        // client that sends part of the preface, or a SETTINGS frame and no HEADERS, would
+        // hold a connection slot until the idle timeout. Between requests, idle_timeout
+        // applies; later HTTP/2 requests are bounded by the keep-alive pings and idle_timeout.
         let first_request = tokio::time::sleep_until(self.first_request_by);
         tokio::pin!(first_request);
         let mut awaiting_first_request = true;
@@ -265,13 +273,54 @@ struct ActivityIo<I> {
     last_activity: Arc<AtomicU64>,
     /// Follows HTTP/1.1 request framing until it has nothing more to say.
     scanner: Option<framing::Scanner>,
+    /// header_read_timeout: a request head must be complete this long after its first byte.
+    head_timeout: Duration,
+    /// When (ms after `epoch`) the head now arriving began; `None` between heads.
+    head_started: Option<u64>,
+    /// Wakes the connection when a partial head's time is up (made on first need: most heads
+    /// arrive in one read and never arm it).
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<I> ActivityIo<I> {
-    fn touch(&self) {
+    /// Records activity now; returns the time, in ms after `epoch`.
+    fn touch(&self) -> u64 {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_activity.store(now, Ordering::Relaxed);
+        now
     }
+
+    /// Whether the head in progress (if any) is past its deadline at `now`.
+    fn head_overdue(&self, now: u64) -> bool {
+        let limit = u64::try_from(self.head_timeout.as_millis()).unwrap_or(u64::MAX);
+        self.head_started
+            .is_some_and(|started| now.saturating_sub(started) >= limit)
+    }
+
+    /// With a head in progress and no bytes to read, makes sure the task wakes at its
+    /// deadline; true once the deadline has passed.
+    fn poll_head_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(started) = self.head_started else {
+            return false;
+        };
+        let deadline = tokio::time::Instant::from_std(
+            self.epoch + Duration::from_millis(started) + self.head_timeout,
+        );
+        let sleep = self
+            .head_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() != deadline {
+            sleep.as_mut().reset(deadline);
+        }
+        std::future::Future::poll(sleep.as_mut(), cx).is_ready()
+    }
+}
+
+fn head_timed_out() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "request head not complete within header_read_timeout",
+    )
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
@@ -280,18 +329,32 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
         let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.touch();
-            if let Some(scanner) = &mut self.scanner {
-                scanner.feed(&buf.filled()[before..]);
-                if !scanner.is_on() {
-                    self.scanner = None;
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let now = this.touch();
+                if let Some(scanner) = &mut this.scanner {
+                    scanner.feed(&buf.filled()[before..]);
+                    this.head_started = match scanner.head_in_progress() {
+                        true => this.head_started.or(Some(now)),
+                        false => None,
+                    };
+                    if !scanner.is_on() {
+                        this.scanner = None;
+                        this.head_started = None;
+                    }
                 }
+                // A head trickled in byte by byte keeps the reads coming: check here too.
+                if this.head_overdue(now) {
+                    return Poll::Ready(Err(head_timed_out()));
+                }
+                polled
             }
+            Poll::Pending if this.poll_head_deadline(cx) => Poll::Ready(Err(head_timed_out())),
+            other => other,
         }
-        polled
     }
 }
 

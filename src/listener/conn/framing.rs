@@ -13,6 +13,12 @@
 //! back a byte. On anything it does not follow (a parse error, an upgrade, a head too large)
 //! it stops watching for the rest of the connection: hyper's own rules then still apply, which
 //! are safe, only less strict. The verdict goes to the request handler through [`Verdict`].
+//!
+//! The connection also times request heads by it ([`Scanner::head_in_progress`]: from a
+//! head's first byte to its end), in place of hyper's header timer. So that no head goes
+//! unwatched, a stream the scanner stops following while hyper goes on serving it (an
+//! upgrade that may not happen, a framing it does not follow) closes after the request in
+//! hand.
 
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -30,16 +36,27 @@ pub struct Verdict {
     ambiguous: AtomicU32,
     /// Requests handed to the handler so far.
     served: AtomicU32,
+    /// 1-based number of the last request whose head the scanner followed before it
+    /// stopped (0 while it follows): heads after it would go unwatched (no smuggling check,
+    /// no head deadline), so unless the connection is being upgraded it closes after that
+    /// request.
+    followed_until: AtomicU32,
 }
 
 impl Verdict {
     /// Called once for each request hyper hands to the service, in order: whether this one
-    /// was seen with both `Content-Length` and `Transfer-Encoding`. Every head reaches the
-    /// scanner before hyper can parse it, so the verdict is always in place in time.
-    pub fn next_request_is_ambiguous(&self) -> bool {
+    /// was seen with both `Content-Length` and `Transfer-Encoding`, and whether the
+    /// connection must close after it (the scanner stopped following the stream at or
+    /// before it; see `followed_until`). Every head reaches the scanner before hyper can
+    /// parse it, so the verdict is always in place in time.
+    pub fn next_request(&self) -> (bool, bool) {
         let number = self.served.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let ambiguous = self.ambiguous.load(Ordering::Relaxed);
-        ambiguous != 0 && ambiguous == number
+        let until = self.followed_until.load(Ordering::Relaxed);
+        (
+            ambiguous != 0 && ambiguous == number,
+            until != 0 && number >= until,
+        )
     }
 }
 
@@ -95,8 +112,18 @@ impl Scanner {
         self.phase != Phase::Off
     }
 
+    /// Whether part of a request head has arrived and the rest has not (the head deadline
+    /// runs from its first byte).
+    pub fn head_in_progress(&self) -> bool {
+        self.phase == Phase::Head && !self.partial.is_empty()
+    }
+
     /// Observes bytes just read from the client, in order.
-    pub fn feed(&mut self, mut bytes: &[u8]) {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.follow(bytes);
+    }
+
+    fn follow(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             let used = match self.phase {
                 Phase::Off => return,
@@ -124,7 +151,7 @@ impl Scanner {
                     let expected: &[u8] = if left == 2 { b"\r\n" } else { b"\n" };
                     let n = usize::from(left).min(bytes.len());
                     if bytes[..n] != expected[..n] {
-                        self.phase = Phase::Off;
+                        self.lose();
                         return;
                     }
                     self.phase = if n == usize::from(left) {
@@ -166,7 +193,7 @@ impl Scanner {
                             .store(self.requests, Ordering::Relaxed);
                         Phase::Off
                     }
-                    Framing::Unfollowed => Phase::Off,
+                    Framing::Unfollowed => self.lost(),
                     Framing::Length(n) => {
                         if n == 0 {
                             self.body_done()
@@ -202,7 +229,7 @@ impl Scanner {
         let Some(newline) = bytes.iter().position(|&b| b == b'\n') else {
             self.line.extend_from_slice(bytes);
             if self.line.len() > MAX_CHUNK_LINE {
-                self.phase = Phase::Off;
+                self.lose();
             }
             return bytes.len();
         };
@@ -217,7 +244,7 @@ impl Scanner {
         self.phase = match parsed {
             Ok(httparse::Status::Complete((_, 0))) => Phase::Trailers { line_len: 0 },
             Ok(httparse::Status::Complete((_, size))) => Phase::ChunkData(size),
-            _ => Phase::Off,
+            _ => self.lost(),
         };
         used
     }
@@ -234,7 +261,7 @@ impl Scanner {
                 _ => line_len += 1,
             }
             if line_len > self.max_head {
-                self.phase = Phase::Off;
+                self.lose();
                 return bytes.len();
             }
         }
@@ -242,9 +269,24 @@ impl Scanner {
         bytes.len()
     }
 
+    /// Stops following a stream that hyper goes on serving (a framing or chunk layout this
+    /// scanner does not follow, an upgrade): the connection closes after the request in
+    /// hand, so that no later head goes unwatched. (Heads hyper refuses itself - parse
+    /// errors, oversized heads, ambiguous framing - close the connection anyway.)
+    fn lost(&mut self) -> Phase {
+        self.verdict
+            .followed_until
+            .store(self.requests.max(1), Ordering::Relaxed);
+        Phase::Off
+    }
+
+    fn lose(&mut self) {
+        self.phase = self.lost();
+    }
+
     fn body_done(&mut self) -> Phase {
         if self.off_after_body {
-            Phase::Off
+            self.lost()
         } else {
             Phase::Head
         }
@@ -339,12 +381,61 @@ mod tests {
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
 
     #[test]
+    fn a_head_is_in_progress_from_its_first_byte_to_its_end() {
+        let verdict = Arc::new(Verdict::default());
+        let mut s = Scanner::new(8192, verdict);
+        assert!(!s.head_in_progress(), "idle between requests is not a head");
+        s.feed(b"G");
+        assert!(s.head_in_progress());
+        s.feed(b"ET / HTTP/1.1\r\nHost: a\r\n");
+        assert!(s.head_in_progress());
+        s.feed(b"\r\n");
+        assert!(!s.head_in_progress());
+        // A whole head in one read never counts as in progress; nor does its body.
+        s.feed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab");
+        assert!(!s.head_in_progress());
+        s.feed(b"cde");
+        assert!(!s.head_in_progress());
+    }
+
+    #[test]
+    fn a_stream_no_longer_followed_closes_after_the_request_in_hand() {
+        // Ordinary requests: never asked to close.
+        let (_, v) = scan(&[b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"]);
+        assert_eq!(v.next_request(), (false, false));
+        assert_eq!(v.next_request(), (false, false));
+        // An upgrade request (served as a tunnel if the upstream agrees; closed otherwise)
+        // and a framing the scanner does not follow: close after that request.
+        for raw in [
+            &b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"[..],
+            &b"POST /x HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello"[..],
+        ] {
+            let first = b"GET /a HTTP/1.1\r\n\r\n";
+            let (s, v) = scan(&[first, raw, first]);
+            assert!(!s.is_on());
+            assert_eq!(v.next_request(), (false, false));
+            assert_eq!(
+                v.next_request(),
+                (false, true),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+            assert_eq!(v.next_request(), (false, true));
+        }
+        // Heads hyper refuses itself (here: unparseable) close the connection anyway: the
+        // requests before them are not cut short.
+        let (s, v) = scan(&[b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\nBad Header\r\n\r\n"]);
+        assert!(!s.is_on());
+        assert_eq!(v.next_request(), (false, false));
+    }
+
+    #[test]
     fn both_framings_flag_the_request_in_either_order() {
         for raw in [SMUGGLE_TE_FIRST, SMUGGLE_CL_FIRST] {
             let (s, v) = scan(&[raw]);
             assert_eq!(ambiguous_at(&v), 1);
             assert!(!s.is_on());
-            assert!(v.next_request_is_ambiguous());
+            assert!(v.next_request().0);
         }
     }
 
@@ -371,9 +462,9 @@ mod tests {
         let (_, v) = scan(&bytes);
         assert_eq!(ambiguous_at(&v), 4);
         for _ in 0..3 {
-            assert!(!v.next_request_is_ambiguous());
+            assert!(!v.next_request().0);
         }
-        assert!(v.next_request_is_ambiguous());
+        assert!(v.next_request().0);
     }
 
     #[test]
