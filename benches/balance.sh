@@ -46,14 +46,9 @@ secs() { [[ "$1" =~ ^([0-9]+)s?$ ]] || die "ab needs whole seconds: $1"; echo "$
 if [[ "$CLIENT" == ab ]]; then secs "$DURATION" >/dev/null; secs "$WARMUP" >/dev/null; fi
 
 # ---------------------------------------------------------------- tools
-for tool in "$CLIENT" python3 curl; do
-  if ! command -v "$tool" >/dev/null; then
-    SUDO=""; [[ $EUID -eq 0 ]] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk apache2-utils python3 curl >/dev/null
-    break
-  fi
-done
+source "$ROOT/benches/lib.sh"
+client_tool=wrk=wrk; [[ "$CLIENT" == ab ]] && client_tool=ab=apache2-utils
+need_tools "$client_tool" python3=python3 curl=curl
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   log "cargo build --release"
   (cd "$ROOT" && cargo build --release --quiet)
@@ -61,20 +56,7 @@ fi
 [[ -x "$BIN" ]] || die "gateway binary not found: $BIN"
 
 # ---------------------------------------------------------------- temp dir + cleanup
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/gateway-balance-bench.XXXXXX")"
-PIDS=()   # processes we started, stopped by pid on exit
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then log "temp dir kept: $TMP"; else rm -rf "$TMP"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_tmp balance-bench   # TMP; PIDS stopped on exit; TMP kept on failure or KEEP_TMP=1
 
 # ---------------------------------------------------------------- upstreams
 cat >"$TMP/upstream.py" <<'PY'
@@ -148,15 +130,13 @@ print(next(s["requests"] for s in servers if s["address"] == sys.argv[1]))' "$SL
 # ---------------------------------------------------------------- measurement
 RESULTS="$TMP/results.tsv"; : >"$RESULTS"
 run() {  # STRATEGY ROUND DURATION -> a TSV row unless ROUND=warmup
-  local s="$1" round="$2" dur="$3" out="$TMP/$CLIENT-$1-$2.txt" before after pid rc=0
+  local s="$1" round="$2" dur="$3" out="$TMP/$CLIENT-$1-$2.txt" before after rc=0
   before="$(slow_requests "$s")"
   if [[ "$CLIENT" == ab ]]; then
-    ab -k -c"$CONNS" -t"$(secs "$dur")" -n 100000000 "http://127.0.0.1:${GW[$s]}/" >"$out" 2>&1 & pid=$!
+    run_bg "$out" ab -k -c"$CONNS" -t"$(secs "$dur")" -n 100000000 "http://127.0.0.1:${GW[$s]}/" || rc=$?
   else
-    wrk -t1 -c"$CONNS" -d"$dur" --latency "http://127.0.0.1:${GW[$s]}/" >"$out" 2>&1 & pid=$!
+    run_bg "$out" wrk -t1 -c"$CONNS" -d"$dur" --latency "http://127.0.0.1:${GW[$s]}/" || rc=$?
   fi
-  PIDS+=("$pid")
-  wait "$pid" || rc=$?
   ((rc == 0)) || { cat "$out" >&2; die "$CLIENT failed against $s"; }
   after="$(slow_requests "$s")"
   [[ "$round" == warmup ]] && return 0

@@ -34,77 +34,18 @@ die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 [[ "$WORKERS" =~ ^[1-9][0-9]*$ ]] || die "WORKERS must be a positive integer"
 
 # ---------------------------------------------------------------- tools
-need_pkgs=()
-[[ -x "$NGINX_BIN" ]] || command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx-light)
-command -v wrk >/dev/null 2>&1 || need_pkgs+=(wrk)
-command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
-command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
-command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
-command -v pgrep >/dev/null 2>&1 || need_pkgs+=(procps)
-if ((${#need_pkgs[@]})); then
-  log "installing: ${need_pkgs[*]}"
-  SUDO=""; [[ $EUID -eq 0 ]] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
-  # the package's own nginx service is not ours; it may hold port 80, which we never use
-fi
+source "$ROOT/benches/lib.sh"
+nginx_tool=(); [[ -x "$NGINX_BIN" ]] || nginx_tool=(nginx=nginx-light)
+need_tools "${nginx_tool[@]}" wrk=wrk openssl=openssl python3=python3 curl=curl pgrep=procps
 [[ -x "$NGINX_BIN" ]] || NGINX_BIN="$(command -v nginx)"
 
 # 1,000 keep-alive connections need > 2,000 fds in the proxy (client + upstream side)
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 (( $(ulimit -n) >= 4096 )) || log "warning: ulimit -n is $(ulimit -n); the ${RSS_CONNS}-connection run may fail"
 
-# ---------------------------------------------------------------- temp dir + cleanup
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/gateway-bench.XXXXXX")"
-chmod 755 "$TMP"   # nginx workers may run as nobody when we are root
-PIDS=()            # processes we started, killed in reverse order on exit
-
-forget_pid() {  # drop a pid from PIDS once it is gone, so a recycled pid is never signalled
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-
-stop_pid() {
-  local pid="$1" i
-  forget_pid "$pid"
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
-  # nginx master gone hard: take its workers with it
-  local kids; kids="$(pgrep -P "$pid" 2>/dev/null || true)"
-  kill -KILL "$pid" $kids 2>/dev/null || true
-}
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local i
-  local all=("${PIDS[@]}")
-  for ((i=${#all[@]}-1; i>=0; i--)); do stop_pid "${all[i]}"; done
-  wait 2>/dev/null || true
-  if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then
-    log "temp dir kept: $TMP"
-  else
-    rm -rf "$TMP"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- ports
-read -r UP_PORT GW_HTTP GW_HTTPS NX_HTTP NX_HTTPS < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(5):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(*[s.getsockname()[1] for s in socks])
-EOF
-)
+# ---------------------------------------------------------------- temp dir + cleanup + ports
+bench_tmp bench   # TMP; PIDS stopped newest first on exit; TMP kept on failure or KEEP_TMP=1
+read -r UP_PORT GW_HTTP GW_HTTPS NX_HTTP NX_HTTPS < <(free_ports 5)
 log "ports: upstream=$UP_PORT gateway=$GW_HTTP/$GW_HTTPS nginx=$NX_HTTP/$NX_HTTPS tmp=$TMP"
 
 # ---------------------------------------------------------------- CPU pinning
@@ -337,14 +278,7 @@ cpu_ticks() {  # sum of utime+stime (fields 14,15) over the given pids
 }
 
 # run_bg_wrk OUTFILE ARGS... : wrk in the background + wait, so INT/TERM interrupt at once
-run_bg_wrk() {
-  local out="$1" pid rc=0; shift
-  "${TS_WRK[@]}" wrk "$@" >"$out" 2>&1 &
-  pid=$!; PIDS+=("$pid")
-  wait "$pid" || rc=$?
-  forget_pid "$pid"
-  return "$rc"
-}
+run_bg_wrk() { local out="$1"; shift; run_bg "$out" "${TS_WRK[@]}" wrk "$@"; }
 
 # run_wrk PROXY SCENARIO ROUND URL DURATION CONNS -> appends a TSV row unless ROUND=warmup
 run_wrk() {
