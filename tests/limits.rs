@@ -41,12 +41,46 @@ fn checksum(data: &[u8]) -> u64 {
 // 1. header_read_timeout (slow loris)
 // ---------------------------------------------------------------------------------------------
 
+/// An echo upstream behind a gateway whose request heads get 300 ms (idle_timeout stays long,
+/// so only header_read_timeout can close a connection that says nothing).
+async fn short_head_timeout() -> (TestUpstream, TestGateway) {
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(
+        up.addr,
+        "",
+        "  header_read_timeout: 300ms\n  idle_timeout: 60s",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    (up, gw)
+}
+
+/// Waits for the gateway to close `stream`, writing one more byte of an unfinished head every
+/// 50 ms when `trickle` (bytes keep arriving, the head never completes). Panics on any answer
+/// or if still open after 3 s; returns how long the close took.
+async fn closed_after(stream: &mut TcpStream, trickle: bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "connection (trickle: {trickle}) still open after 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if trickle && stream.write_all(b"a").await.is_err() {
+            return start.elapsed();
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
+            Ok(Ok(n)) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n])),
+            Err(_) => {}
+        }
+    }
+}
+
 #[tokio::test]
 async fn partial_request_head_is_cut_off_after_header_read_timeout() {
     let _g = shared().await;
-    let up = TestUpstream::echo().await;
-    let yaml = simple_yaml(up.addr, "", "  header_read_timeout: 300ms");
-    let gw = TestGateway::start(&yaml).await;
+    let (up, gw) = short_head_timeout().await;
     let addr = gw.addr("http");
 
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -70,31 +104,14 @@ async fn partial_request_head_is_cut_off_after_header_read_timeout() {
 #[tokio::test]
 async fn trickled_request_head_does_not_extend_header_read_timeout() {
     let _g = shared().await;
-    let up = TestUpstream::echo().await;
-    let yaml = simple_yaml(up.addr, "", "  header_read_timeout: 300ms");
-    let gw = TestGateway::start(&yaml).await;
+    let (up, gw) = short_head_timeout().await;
     let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .await
         .unwrap();
-    let start = Instant::now();
     // One byte every 50 ms: bytes keep arriving, but the head never completes.
-    let closed_after = loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        if start.elapsed() > Duration::from_secs(3) {
-            panic!("trickling connection still open after 3 s");
-        }
-        if stream.write_all(b"a").await.is_err() {
-            break start.elapsed();
-        }
-        let mut buf = [0u8; 64];
-        match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break start.elapsed(),
-            Ok(Ok(n)) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n])),
-            Err(_) => {}
-        }
-    };
+    let closed_after = closed_after(&mut stream, true).await;
     assert!(
         closed_after < Duration::from_secs(1),
         "closed after {closed_after:?}"
@@ -108,13 +125,7 @@ async fn trickled_request_head_does_not_extend_header_read_timeout() {
 #[tokio::test]
 async fn keep_alive_wait_longer_than_header_read_timeout_is_served() {
     let _g = shared().await;
-    let up = TestUpstream::echo().await;
-    let yaml = simple_yaml(
-        up.addr,
-        "",
-        "  header_read_timeout: 300ms\n  idle_timeout: 60s",
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let (up, gw) = short_head_timeout().await;
     let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
     let request = b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n";
     stream.write_all(request).await.unwrap();
@@ -133,13 +144,7 @@ async fn keep_alive_wait_longer_than_header_read_timeout_is_served() {
 #[tokio::test]
 async fn later_request_head_is_bounded_by_header_read_timeout() {
     let _g = shared().await;
-    let up = TestUpstream::echo().await;
-    let yaml = simple_yaml(
-        up.addr,
-        "",
-        "  header_read_timeout: 300ms\n  idle_timeout: 60s",
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let (up, gw) = short_head_timeout().await;
     for trickle in [false, true] {
         let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
         stream
@@ -154,23 +159,7 @@ async fn later_request_head_is_bounded_by_header_read_timeout() {
             .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             .await
             .unwrap();
-        let start = Instant::now();
-        let closed_after = loop {
-            assert!(
-                start.elapsed() < Duration::from_secs(3),
-                "a partial second head (trickle: {trickle}) still open after 3 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if trickle && stream.write_all(b"a").await.is_err() {
-                break start.elapsed();
-            }
-            let mut buf = [0u8; 64];
-            match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break start.elapsed(),
-                Ok(Ok(n)) => panic!("unexpected answer {:?}", String::from_utf8_lossy(&buf[..n])),
-                Err(_) => {}
-            }
-        };
+        let closed_after = closed_after(&mut stream, trickle).await;
         assert!(
             closed_after >= Duration::from_millis(250) && closed_after < Duration::from_secs(1),
             "trickle: {trickle}: closed after {closed_after:?}"
@@ -182,14 +171,7 @@ async fn later_request_head_is_bounded_by_header_read_timeout() {
 #[tokio::test]
 async fn silent_connection_is_closed_after_header_read_timeout() {
     let _g = shared().await;
-    let up = TestUpstream::echo().await;
-    // idle_timeout is long: only header_read_timeout may close a connection that says nothing.
-    let yaml = simple_yaml(
-        up.addr,
-        "",
-        "  header_read_timeout: 300ms\n  idle_timeout: 60s",
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let (_up, gw) = short_head_timeout().await;
     let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
     let start = Instant::now();
     let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
@@ -210,13 +192,7 @@ async fn silent_connection_is_closed_after_header_read_timeout() {
 #[tokio::test]
 async fn h2_prior_knowledge_without_a_request_is_closed_after_header_read_timeout() {
     let _g = shared().await;
-    let up = TestUpstream::echo().await;
-    let yaml = simple_yaml(
-        up.addr,
-        "",
-        "  header_read_timeout: 300ms\n  idle_timeout: 60s",
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let (_up, gw) = short_head_timeout().await;
     let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let whole = [preface, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
     for sent in [&preface[..10], &whole[..]] {
@@ -341,9 +317,7 @@ async fn plain_listener_tells_http2_from_http1_when_the_first_bytes_arrive_split
 #[tokio::test]
 async fn request_head_completed_in_time_is_served() {
     let _g = shared().await;
-    let up = TestUpstream::echo().await;
-    let yaml = simple_yaml(up.addr, "", "  header_read_timeout: 300ms");
-    let gw = TestGateway::start(&yaml).await;
+    let (up, gw) = short_head_timeout().await;
     let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
     // In two parts, 150 ms apart: slow but within the 300 ms budget.
     stream.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
