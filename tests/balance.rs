@@ -384,14 +384,6 @@ impl Drop for Revivable {
 }
 
 /// Polls `done` every 10 ms until it holds; fails naming `what` after `within`.
-async fn wait_until(what: &str, within: Duration, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A killed server restarted on the same port rejoins the rotation once `healthy_after`
 /// active checks in a row have passed: within `healthy_after × interval` of the restart
 /// (plus 1 s for scheduling), and not before those checks (no live request reaches the new

@@ -4,8 +4,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,14 +22,6 @@ async fn slow_upstream(delay: Duration) -> TestUpstream {
     .await
 }
 
-async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_new_connections_and_finishes_in_flight_requests() {
     let up = slow_upstream(Duration::from_secs(1)).await;
@@ -41,7 +32,7 @@ async fn shutdown_refuses_new_connections_and_finishes_in_flight_requests() {
         let res = reqwest::get(url).await.unwrap();
         (res.status(), res.text().await.unwrap())
     });
-    wait_for(
+    wait_until(
         "the request to reach the upstream",
         Duration::from_secs(2),
         || up.hits() == 1,
@@ -87,7 +78,7 @@ async fn drain_gives_up_after_shutdown_grace() {
     let gw = TestGateway::start(&yaml).await;
     let url = gw.url("http", "/slow");
     let in_flight = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) });
-    wait_for(
+    wait_until(
         "the request to reach the upstream",
         Duration::from_secs(2),
         || up.hits() == 1,
@@ -108,14 +99,6 @@ async fn drain_gives_up_after_shutdown_grace() {
 // 9. the binary
 // ---------------------------------------------------------------------------------------------
 
-const BIN: &str = env!("CARGO_BIN_EXE_gateway");
-
-/// A port that was free a moment ago (bound to port 0, then released).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn binary_yaml(port: u16, upstreams: &[(&str, SocketAddr)], routes: &str) -> String {
     let mut ups = String::new();
     for (name, addr) in upstreams {
@@ -135,69 +118,6 @@ logging:
   access_log: false
 "#
     )
-}
-
-/// A running `gateway run` process; killed on drop so a failing test leaves nothing behind.
-struct Running {
-    child: Child,
-    stderr_path: PathBuf,
-}
-
-impl Running {
-    fn start(config: &Path) -> Running {
-        let stderr_path = config.with_extension("stderr.log");
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        Running { child, stderr_path }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{sig} failed");
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
-    }
-
-    fn still_running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "gateway did not exit within {timeout:?}; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 }
 
 fn client() -> reqwest::Client {
@@ -264,7 +184,7 @@ async fn binary_drains_in_flight_request_and_exits_0_on_sigterm() {
     let hits_before = up.hits();
     let slow_url = format!("{base}/slow");
     let in_flight = tokio::spawn(async move { get(&client(), &slow_url).await });
-    wait_for(
+    wait_until(
         "the slow request to reach the upstream",
         Duration::from_secs(2),
         || up.hits() > hits_before,

@@ -153,23 +153,6 @@ fn served(tls: &TlsStream<TcpStream>, known: &[(&'static str, &[u8])]) -> &'stat
         .map_or("an unknown certificate", |(label, _)| label)
 }
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < STEP, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. reload under load
 // ---------------------------------------------------------------------------------------------
@@ -252,13 +235,16 @@ async fn reload_under_load_fails_no_request() {
     }
 
     // A slow request in flight across every reload.
-    wait_for("the load to start", || done.load(Ordering::SeqCst) >= 100).await;
+    wait_until("the load to start", STEP, || {
+        done.load(Ordering::SeqCst) >= 100
+    })
+    .await;
     let slow_url = format!("http://{http}/slow");
     let slow = tokio::spawn(async move {
         let res = reqwest::get(slow_url).await.unwrap();
         (res.status().as_u16(), res.text().await.unwrap())
     });
-    wait_for("the slow request to reach the upstream", || {
+    wait_until("the slow request to reach the upstream", STEP, || {
         app.seen
             .lock()
             .unwrap()
@@ -285,7 +271,7 @@ async fn reload_under_load_fails_no_request() {
                 "the slow request ended before the reload"
             );
         }
-        wait_for("requests between reloads", || {
+        wait_until("requests between reloads", STEP, || {
             done.load(Ordering::SeqCst) >= at + 100
         })
         .await;
@@ -506,7 +492,10 @@ async fn listeners_are_added_removed_renamed_and_moved_by_reload() {
         let response = send(&mut kept_alive, "/slow").await;
         (response, kept_alive)
     });
-    wait_for("the slow request to reach the upstream", || app.hits() == 2).await;
+    wait_until("the slow request to reach the upstream", STEP, || {
+        app.hits() == 2
+    })
+    .await;
 
     // v2: `old` removed, `new` added on a fixed port.
     let v2 = config(
@@ -598,62 +587,7 @@ async fn plain_listener_options_follow_reload() {
 // 5. the binary: SIGHUP with one runtime per worker
 // ---------------------------------------------------------------------------------------------
 
-const BIN: &str = env!("CARGO_BIN_EXE_gateway");
-
 /// A running `gateway run`; killed on drop so a failing test leaves nothing behind.
-struct Running {
-    child: std::process::Child,
-    stderr: std::path::PathBuf,
-}
-
-impl Running {
-    fn start(config: &Path) -> Running {
-        let stderr = config.with_extension("stderr.log");
-        let child = std::process::Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(config)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        Running { child, stderr }
-    }
-
-    fn signal(&self, sig: &str) {
-        let status = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{sig} failed");
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// Waits until `cond` holds of the stderr log.
-    async fn wait_log(&self, what: &str, cond: impl Fn(&str) -> bool) {
-        let start = Instant::now();
-        while !cond(&self.stderr()) {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no {what} in the log:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_adds_and_removes_listeners_on_every_worker() {
     let app = app_upstream(Duration::ZERO).await;

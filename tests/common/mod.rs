@@ -289,6 +289,7 @@ logging:
 mod django;
 mod jwt;
 mod killable;
+mod process;
 mod raw;
 #[allow(unused_imports)] // only the Django tests use these
 pub use django::{django_app_dir, django_stack};
@@ -296,5 +297,7 @@ pub use django::{django_app_dir, django_stack};
 pub use jwt::*;
 #[allow(unused_imports)] // only the balance tests kill servers
 pub use killable::{serve_until_killed, Killable};
+#[allow(unused_imports)] // only the tests that run the binary use these
+pub use process::*;
 #[allow(unused_imports)] // only the tests that speak HTTP over raw sockets use these
 pub use raw::*;
