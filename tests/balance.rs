@@ -58,6 +58,17 @@ async fn named(name: &'static str, status: u16) -> TestUpstream {
     .await
 }
 
+/// The admin listener's `/metrics` text.
+async fn admin_metrics(gw: &TestGateway) -> String {
+    let admin = gw.gateway.admin_addr().unwrap();
+    reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn admin_upstreams(gw: &TestGateway) -> Vec<Value> {
     let admin = gw.gateway.admin_addr().unwrap();
     let url = format!("http://{admin}/upstreams");
@@ -119,13 +130,7 @@ async fn all_servers_down_is_503_at_once() {
         "{:?}",
         start.elapsed()
     );
-    let admin = gw.gateway.admin_addr().unwrap();
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&gw).await;
     assert!(
         metrics.contains("gateway_retries_total{upstream=\"app\"} 1"),
         "{metrics}"
@@ -168,13 +173,7 @@ async fn active_checks_mark_a_server_down_and_up() {
     health.store(500, Ordering::SeqCst);
     wait_for_health(&gw, false).await;
     assert_eq!(get(&client, &gw, "/").await.0, 503);
-    let admin = gw.gateway.admin_addr().unwrap();
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&gw).await;
     let series = format!(
         "gateway_upstream_server_healthy{{upstream=\"app\",server=\"{}\"}} 0",
         up.addr
@@ -276,13 +275,7 @@ fn assert_no_failures(report: &LoadReport) {
 
 /// `gateway_retries_total{upstream="app"}` from the admin metrics.
 async fn retries_total(gw: &TestGateway) -> u64 {
-    let admin = gw.gateway.admin_addr().unwrap();
-    let metrics = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(gw).await;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("gateway_retries_total{upstream=\"app\"} "))
