@@ -145,6 +145,8 @@ pub struct ConnInfo {
     /// `Some(port)` on a `redirect_https` listener.
     pub redirect_https: Option<u16>,
     pub peer_trusted: bool,
+    /// Plain TCP: where static responses offer their bodies for sendfile.
+    pub sendfile: Option<crate::sendfile::Slot>,
 }
 
 /// hyper's entry point: never fails; every error is a response.
@@ -309,7 +311,8 @@ async fn route_and_forward(
                 })?;
             let (parts, body) = req.into_parts();
             // The normalised path (`path` borrows from the request taken apart here).
-            match site.serve(&parts, path_and_query.path()).await {
+            let sendfile = conn.sendfile.as_ref();
+            match site.serve(&parts, path_and_query.path(), sendfile).await {
                 Ok(response) => return Ok(response),
                 Err(_) if site.fallback_upstream() && upstream.is_some() => {
                     req = Request::from_parts(parts, body);

@@ -8,7 +8,8 @@
 //! 4. [`path`] and [`router`] — normalise the path once, then host + path + method → route.
 //!    [`policy`] — per-route rate limits, checked after routing and JWT, before upstream work.
 //! 5. [`proxy`]    — forward to an upstream: header rules, body buffering, retries, pooled client.
-//! 6. [`static_files`] — `static:` routes: safe path → file, negotiation, ranges, file cache.
+//! 6. [`static_files`] — `static:` routes: safe path → file, negotiation, ranges, file cache;
+//!    [`sendfile`] — their cached bodies leave plain-TCP HTTP/1.1 connections by sendfile(2).
 //! 7. [`error`]    — the one place a failure becomes an HTTP status.
 //! 8. [`observability`] — tracing subscriber and the access log.
 //! 9. [`server`]   — wires it all together: start, reload, graceful drain.
@@ -29,6 +30,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod router;
+pub mod sendfile;
 pub mod server;
 pub mod static_files;
 pub mod workers;

@@ -26,6 +26,8 @@ pub struct StaticSettings {
     /// Memory for cached files of this route (and, up to 1 MiB of it, for remembered
     /// misses). 0: nothing is cached, every request looks at the disk.
     pub cache_max_bytes: u64,
+    /// Cached files of 16 KiB or more leave plain-TCP HTTP/1.1 connections by sendfile(2).
+    pub sendfile: bool,
 }
 
 /// A validated route `rate_limit:` block: a bucket of `burst` refilled `rate` per `per`.
@@ -107,6 +109,7 @@ pub(crate) fn static_files(
         fallback_upstream,
         cache_max_file_bytes,
         cache_max_bytes,
+        sendfile: raw.sendfile.unwrap_or(true),
     };
     (errs.count() == before).then_some(settings)
 }

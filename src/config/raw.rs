@@ -301,6 +301,7 @@ pub struct RawStatic {
     pub fallback: Option<String>,
     pub cache_max_file_bytes: Option<ByteSize>,
     pub cache_max_bytes: Option<ByteSize>,
+    pub sendfile: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

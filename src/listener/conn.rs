@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerSettings;
 use crate::handler::{self, AmbiguousFraming, CloseAfter, ConnInfo, State};
+use crate::sendfile::Zerocopy;
 
 mod framing;
 
@@ -143,7 +144,7 @@ pub async fn serve<I>(
     shutdown: CancellationToken,
     first_request_by: tokio::time::Instant,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Zerocopy + Unpin + Send + 'static,
 {
     let watch = Watch {
         epoch: Instant::now(),
@@ -166,6 +167,8 @@ pub async fn serve<I>(
         head_timeout: builders.header_read_timeout,
         head_started: None,
         head_deadline: None,
+        // HTTP/1.1 on plain TCP: a response body is one run of bytes on the socket.
+        sendfile: (protocol == Protocol::Http1 && info.sendfile.is_some()).then(|| info.clone()),
     });
     let requested = watch.requested.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -280,6 +283,8 @@ struct ActivityIo<I> {
     /// Wakes the connection when a partial head's time is up (made on first need: most heads
     /// arrive in one read and never arm it).
     head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The connection's sendfile slot (in its `ConnInfo`), on plain-TCP HTTP/1.1.
+    sendfile: Option<Arc<ConnInfo>>,
 }
 
 impl<I> ActivityIo<I> {
@@ -358,13 +363,29 @@ impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
+impl<I: AsyncWrite + Zerocopy + Unpin> ActivityIo<I> {
+    /// Writes `bufs` with sendfile when they carry the body this connection's static
+    /// handler offered (see [`crate::sendfile`]); `None` otherwise.
+    fn poll_sendfile(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Option<Poll<io::Result<usize>>> {
+        let slot = self.sendfile.as_ref()?.sendfile.as_ref()?;
+        slot.poll_write(self.inner.tcp()?, cx, bufs)
+    }
+}
+
+impl<I: AsyncWrite + Zerocopy + Unpin> AsyncWrite for ActivityIo<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let polled = match self.poll_sendfile(cx, &[io::IoSlice::new(buf)]) {
+            Some(polled) => polled,
+            None => Pin::new(&mut self.inner).poll_write(cx, buf),
+        };
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
         }
@@ -376,7 +397,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let polled = match self.poll_sendfile(cx, bufs) {
+            Some(polled) => polled,
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+        };
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.touch();
         }

@@ -144,6 +144,7 @@ impl Acceptor {
             tls_version: None,
             redirect_https,
             peer_trusted,
+            sendfile: tls.is_none().then(crate::sendfile::Slot::default),
         };
         let Some(acceptor) = tls else {
             return Box::pin(conn::serve_tcp(

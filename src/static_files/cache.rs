@@ -97,14 +97,14 @@ impl Entry {
         let mut generated = Vec::new();
         for v in loaded.variants {
             if wants_compress {
-                if let Body::Memory(bytes) = &v.body {
+                if let Body::Memory(bytes, _) = &v.body {
                     for encoding in [Encoding::Br, Encoding::Gzip] {
                         if let Some(packed) = body::compress_bytes(bytes, encoding) {
                             generated.push(variant(
                                 encoding,
                                 packed.len() as u64,
                                 v.stamp,
-                                Body::Memory(packed),
+                                Body::Memory(packed, None),
                             ));
                         }
                     }
@@ -161,7 +161,7 @@ impl Entry {
     pub fn cacheable(&self) -> bool {
         self.variants
             .iter()
-            .all(|v| matches!(v.body, Body::Memory(_)))
+            .all(|v| matches!(v.body, Body::Memory(..)))
     }
 
     fn weight(&self) -> u64 {

@@ -16,14 +16,14 @@ fn loaded(name: &str, data: &[u8], siblings: &[Encoding]) -> Loaded {
     let mut variants = vec![FileVariant {
         encoding: Encoding::Identity,
         stamp,
-        body: Body::Memory(Bytes::copy_from_slice(data)),
+        body: Body::Memory(Bytes::copy_from_slice(data), None),
         generated: false,
     }];
     for &encoding in siblings {
         variants.push(FileVariant {
             encoding,
             stamp: Stamp { len: 3, ..stamp },
-            body: Body::Memory(Bytes::from_static(b"zzz")),
+            body: Body::Memory(Bytes::from_static(b"zzz"), None),
             generated: false,
         });
     }

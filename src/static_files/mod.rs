@@ -32,6 +32,7 @@ use self::negotiate::Encoding;
 use self::resolve::{Found, Lookup, RelPath, Stamp};
 use crate::config::features::StaticSettings;
 use crate::error::{GatewayBody, GatewayError};
+use crate::sendfile::Slot;
 
 /// The `Allow` value of a 405 from a static route.
 pub const ALLOW: &str = "GET, HEAD";
@@ -108,6 +109,7 @@ impl StaticSite {
                 } else {
                     0
                 },
+                sendfile: settings.sendfile,
             }),
             options: EntryOptions {
                 immutable_hashed: settings.immutable_hashed,
@@ -137,10 +139,12 @@ impl StaticSite {
 
     /// Answers a GET or HEAD for `normalized_path` (the whole path, prefix included, as
     /// [`crate::path::normalize`] returned it).
+    /// On a plain-TCP connection, `sendfile` is its slot for zero-copy bodies.
     pub async fn serve(
         &self,
         parts: &Parts,
         normalized_path: &str,
+        sendfile: Option<&Slot>,
     ) -> Result<Response<GatewayBody>, StaticMiss> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
             return Err(StaticMiss::MethodNotAllowed);
@@ -170,10 +174,10 @@ impl StaticSite {
             },
         };
         let response = match served {
-            Served::Shared(entry) => respond::respond(parts, &entry, None),
+            Served::Shared(entry) => respond::respond(parts, &entry, None, sendfile),
             Served::Owned(mut entry) => {
                 let taken = respond::take_bodies(&mut entry);
-                respond::respond(parts, &entry, Some(taken))
+                respond::respond(parts, &entry, Some(taken), sendfile)
             }
             Served::Ready(response) => Some(response),
         };

@@ -26,9 +26,12 @@ use std::ffi::OsString;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+
+use crate::sendfile::DiskFile;
 
 use super::negotiate::Encoding;
 
@@ -109,7 +112,8 @@ impl Stamp {
 /// Where a variant's bytes are.
 #[derive(Debug)]
 pub enum Body {
-    Memory(Bytes),
+    /// Read whole; a large one keeps its file open for sendfile (see [`crate::sendfile`]).
+    Memory(Bytes, Option<Arc<DiskFile>>),
     /// Large files: an open handle, streamed.
     File(File),
 }
@@ -161,6 +165,8 @@ pub struct Lookup {
     pub precompressed: Vec<Encoding>,
     /// Variants up to this size are read into memory; larger ones stay open files.
     pub max_in_memory: u64,
+    /// Keep large files read into memory open for sendfile (see [`crate::sendfile`]).
+    pub sendfile: bool,
 }
 
 impl Lookup {
@@ -268,13 +274,17 @@ impl Lookup {
             return Ok((stamp, Body::File(file)));
         }
         let mut bytes = Vec::with_capacity(usize::try_from(stamp.len).unwrap_or(0));
-        file.take(self.max_in_memory).read_to_end(&mut bytes)?;
+        (&file).take(self.max_in_memory).read_to_end(&mut bytes)?;
         // A file rewritten while being read: serve what was read, described truthfully.
         let stamp = Stamp {
             len: bytes.len() as u64,
             ..stamp
         };
-        Ok((stamp, Body::Memory(Bytes::from(bytes))))
+        let disk = match self.sendfile {
+            true => DiskFile::keep(file, bytes.len(), stamp.mtime),
+            false => None,
+        };
+        Ok((stamp, Body::Memory(Bytes::from(bytes), disk)))
     }
 }
 

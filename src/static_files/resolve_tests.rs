@@ -58,6 +58,7 @@ fn lookup(root: &Path) -> Lookup {
         index: vec!["index.html".into()],
         precompressed: vec![Encoding::Br, Encoding::Gzip],
         max_in_memory: 16,
+        sendfile: true,
     }
 }
 
@@ -67,7 +68,7 @@ fn parse(p: &str) -> RelPath {
 
 fn memory(v: &FileVariant) -> &[u8] {
     match &v.body {
-        Body::Memory(b) => b,
+        Body::Memory(b, _) => b,
         Body::File(_) => panic!("expected an in-memory body"),
     }
 }

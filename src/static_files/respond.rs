@@ -21,6 +21,7 @@ use super::cache::{Entry, Variant};
 use super::negotiate::{self, Encoding, Present, RangeOutcome};
 use super::resolve::Body;
 use crate::error::GatewayBody;
+use crate::sendfile::Slot;
 
 /// Open file handles moved out of an owned entry, by variant index.
 pub type Files = Vec<Option<File>>;
@@ -32,7 +33,7 @@ pub fn take_bodies(entry: &mut Entry) -> Files {
         .variants
         .iter_mut()
         .map(
-            |v| match std::mem::replace(&mut v.body, Body::Memory(Bytes::new())) {
+            |v| match std::mem::replace(&mut v.body, Body::Memory(Bytes::new(), None)) {
                 Body::File(file) => Some(file),
                 memory => {
                     v.body = memory;
@@ -75,6 +76,7 @@ pub fn respond(
     parts: &Parts,
     entry: &Entry,
     files: Option<Files>,
+    sendfile: Option<&Slot>,
 ) -> Option<Response<GatewayBody>> {
     let get = parts.method == Method::GET;
     let present = Present::scan(&parts.headers);
@@ -95,7 +97,7 @@ pub fn respond(
     };
     match choice {
         Choice::Stored(index, variant) => {
-            respond_stored(parts, entry, present, index, variant, files)
+            respond_stored(parts, entry, present, index, variant, files, sendfile)
         }
         Choice::Stream(encoding) => respond_stream(parts, entry, present, encoding, files),
     }
@@ -109,6 +111,7 @@ fn respond_stored(
     index: usize,
     variant: &Variant,
     files: Option<Files>,
+    sendfile: Option<&Slot>,
 ) -> Option<Response<GatewayBody>> {
     let get = parts.method == Method::GET;
     let mut headers = variant.headers.clone();
@@ -150,7 +153,7 @@ fn respond_stored(
         }
     };
     let body = if get {
-        variant_body(variant, file, start, count)?
+        variant_body(variant, file, start, count, sendfile)?
     } else {
         body::empty()
     };
@@ -195,12 +198,14 @@ fn not_modified(parts: &Parts, etag: &HeaderValue, entry: &Entry) -> bool {
     )
 }
 
-/// `count` bytes of a variant from `start`.
+/// `count` bytes of a variant from `start`; bytes that came from an open file are offered
+/// to the connection's sendfile slot.
 fn variant_body(
     variant: &Variant,
     file: Option<File>,
     start: u64,
     count: u64,
+    sendfile: Option<&Slot>,
 ) -> Option<GatewayBody> {
     match (file, &variant.body) {
         (Some(file), _) => match body::file(file, start, count) {
@@ -210,13 +215,18 @@ fn variant_body(
                 None
             }
         },
-        (None, Body::Memory(bytes)) if start == 0 && count == bytes.len() as u64 => {
-            Some(body::memory(bytes.clone()))
-        }
-        (None, Body::Memory(bytes)) => {
+        (None, Body::Memory(bytes, disk)) => {
             let from = usize::try_from(start).ok()?;
             let to = from.checked_add(usize::try_from(count).ok()?)?;
-            (to <= bytes.len()).then(|| body::memory(bytes.slice(from..to)))
+            let part = match (from, to) {
+                (0, to) if to == bytes.len() => bytes.clone(),
+                (from, to) if to <= bytes.len() => bytes.slice(from..to),
+                _ => return None,
+            };
+            if let (Some(slot), Some(disk)) = (sendfile, disk) {
+                slot.offer(&part, disk, start);
+            }
+            Some(body::memory(part))
         }
         // Shared (cached) entries never hold open files.
         (None, Body::File(_)) => None,

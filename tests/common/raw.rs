@@ -78,7 +78,7 @@ pub async fn exchange_on_stream<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Reads until the peer closes; panics if it has not within `timeout`. Returns what arrived
 /// and how the read ended: `Err` for a reset (the bytes before it are kept).
-async fn read_to_close<S: AsyncRead + Unpin>(
+pub async fn read_to_close<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
 ) -> (Vec<u8>, io::Result<usize>) {
