@@ -1,0 +1,212 @@
+//! Upstream health over real sockets: passive ejection and readmission, 503 at once with no
+//! usable server, active health checks marking a server down and up, no checker left
+//! running after a reload, and no task left behind by a health check that flaps between
+//! pass, fail and timeout.
+
+mod balance_support;
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use balance_support::*;
+use common::*;
+use http::{Response, StatusCode};
+
+#[tokio::test]
+async fn failing_server_is_ejected_then_readmitted() {
+    let bad = named("bad", 500).await;
+    let good = named("good", 200).await;
+    let extra = "    passive: { consecutive_failures: 2, eject_for: 400ms }";
+    let gw = TestGateway::start(&yaml(&[quoted(bad.addr), quoted(good.addr)], extra)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..4 {
+        get(&client, &gw, "/").await;
+    }
+    assert_eq!(bad.hits(), 2);
+    let servers = admin_upstreams(&gw).await;
+    assert_eq!(servers[0]["ejected"], true);
+    assert_eq!(servers[0]["ejections"], 1);
+    assert_eq!(servers[0]["failures"], 2);
+    for _ in 0..10 {
+        assert_eq!(get(&client, &gw, "/").await, (200, "good".into()));
+    }
+    assert_eq!(bad.hits(), 2, "an ejected server got traffic");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    for _ in 0..4 {
+        get(&client, &gw, "/").await;
+    }
+    assert!(
+        bad.hits() > 2,
+        "the server did not come back after eject_for"
+    );
+}
+
+#[tokio::test]
+async fn all_servers_down_is_503_at_once() {
+    let (a, b) = (closed_port().await, closed_port().await);
+    let extra = "    retries: 1\n    passive: { consecutive_failures: 1, eject_for: 10s }";
+    let gw = TestGateway::start(&yaml(&[quoted(a), quoted(b)], extra)).await;
+    let client = reqwest::Client::new();
+    // Both refuse: 502 after the retry, and both are ejected.
+    assert_eq!(get(&client, &gw, "/").await.0, 502);
+    let start = Instant::now();
+    assert_eq!(get(&client, &gw, "/").await.0, 503);
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        start.elapsed()
+    );
+    let metrics = admin_metrics(&gw).await;
+    assert!(
+        metrics.contains("gateway_retries_total{upstream=\"app\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn active_checks_mark_a_server_down_and_up() {
+    let health = Arc::new(AtomicU16::new(200));
+    let h = health.clone();
+    let up = TestUpstream::start(move |seen| {
+        let status = match seen.uri.path() {
+            "/healthz" => h.load(Ordering::SeqCst),
+            _ => 200,
+        };
+        async move {
+            let mut r = Response::new(full("up"));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            r
+        }
+    })
+    .await;
+    let extra = "    health_check: { path: /healthz, interval: 30ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }";
+    let gw = TestGateway::start(&yaml(&[quoted(up.addr)], extra)).await;
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, &gw, "/").await.0, 200);
+    // Checks begin at once, with the server's address as Host.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let checked = up.seen.lock().unwrap().iter().any(|s| {
+            s.uri.path() == "/healthz" && s.headers["host"] == up.addr.to_string().as_str()
+        });
+        if checked {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no health check arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    health.store(500, Ordering::SeqCst);
+    wait_for_health(&gw, false).await;
+    assert_eq!(get(&client, &gw, "/").await.0, 503);
+    let metrics = admin_metrics(&gw).await;
+    let series = format!(
+        "gateway_upstream_server_healthy{{upstream=\"app\",server=\"{}\"}} 0",
+        up.addr
+    );
+    assert!(metrics.contains(&series), "{metrics}");
+
+    health.store(200, Ordering::SeqCst);
+    wait_for_health(&gw, true).await;
+    assert_eq!(get(&client, &gw, "/").await, (200, "up".into()));
+}
+
+async fn wait_for_health(gw: &TestGateway, healthy: bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while admin_upstreams(gw).await[0]["healthy"] != healthy {
+        assert!(
+            Instant::now() < deadline,
+            "server never became healthy={healthy}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn reload_ends_the_old_health_checkers() {
+    let up = named("up", 200).await;
+    let extra = "    health_check: { path: /healthz, interval: 20ms, timeout: 500ms, unhealthy_after: 2, healthy_after: 2 }";
+    let gw = TestGateway::start(&yaml(&[quoted(up.addr)], extra)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(up.hits() >= 2, "checks did not run: {}", up.hits());
+    let plain = yaml(&[quoted(up.addr)], "");
+    let dir = gw.dir.path();
+    let settings = gateway::config::load_str(&plain, dir, dir.join("gateway.yaml")).unwrap();
+    gw.gateway.reload(settings).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let after = up.hits();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(up.hits(), after, "a retired state's checker still runs");
+}
+
+/// A health endpoint on plain threads (outside the test's runtime, so that runtime's task
+/// count is the gateway's): check n answers 200 when n % 3 == 0, 500 when n % 3 == 1, and
+/// holds the connection open for 30 s without answering when n % 3 == 2. Returns the address
+/// and the number of checks received.
+fn flapping_health_endpoint() -> (SocketAddr, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let checks = Arc::new(AtomicUsize::new(0));
+    let seen = checks.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head);
+                let status = match n % 3 {
+                    0 => "200 OK",
+                    1 => "500 Internal Server Error",
+                    _ => {
+                        std::thread::sleep(Duration::from_secs(30));
+                        return;
+                    }
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                );
+            });
+        }
+    });
+    (addr, checks)
+}
+
+/// A server whose checks flip between pass, fail and time out on every round: the checker
+/// keeps going, health follows it, and no task is left behind by the timed-out probes (each
+/// of those holds an upstream connection the server never answers for 30 s).
+#[tokio::test]
+async fn health_check_flapping_does_not_leak_tasks() {
+    let (addr, checks) = flapping_health_endpoint();
+    let extra = "    health_check: { path: /healthz, interval: 10ms, timeout: 40ms, unhealthy_after: 1, healthy_after: 1 }";
+    let gw = TestGateway::start(&yaml(&[quoted(addr)], extra)).await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = tasks();
+    let mut states = std::collections::HashSet::new();
+    let mut most = baseline;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        states.insert(admin_upstreams(&gw).await[0]["healthy"] == true);
+        most = most.max(tasks());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let checked = checks.load(Ordering::SeqCst);
+    // ~1.5 s at one check per 10-50 ms; a third of them time out.
+    assert!(checked >= 30, "only {checked} checks arrived");
+    assert_eq!(states.len(), 2, "health never flapped: {states:?}");
+    // A leaked probe would stay alive for the endpoint's 30 s: a dozen or more by now.
+    assert!(
+        most <= baseline + 3,
+        "tasks grew from {baseline} to {most} over {checked} flapping checks"
+    );
+}
