@@ -49,7 +49,7 @@ routes:
   - { match: { path_prefix: / }, upstream: app }
 logging: { level: warn, access_log: false }
 YAML
-"$BIN" run -c "$TMP/gateway.yaml" >"$TMP/gateway.log" 2>&1 & PIDS+=($!)
+"$BIN" run -c "$TMP/gateway.yaml" >"$TMP/gateway.log" 2>&1 & PIDS+=($!); GW_PID=$!
 
 mkdir -p "$TMP/nginx/logs"
 NGINX_USER=""; [[ $EUID -eq 0 ]] && NGINX_USER="user nobody nogroup;"
@@ -70,7 +70,7 @@ http {
   }
 }
 NGINX
-nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" & PIDS+=($!)
+nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" & PIDS+=($!); NX_PID=$!
 
 TARGETS=(gateway nginx)
 if [[ "$SKIP_WHITENOISE" != 1 ]] && python3 -c "import whitenoise, django, gunicorn" 2>/dev/null; then
@@ -84,11 +84,24 @@ def app(environ, start_response):
 application = WhiteNoise(app, root="$TMP/static", prefix="static/", max_age=31536000)
 PY
   (cd "$TMP/wn" && exec python3 -m gunicorn -w "$WORKERS" -b "127.0.0.1:$WN" --log-level warning wnapp:application) &
-  PIDS+=($!)
+  PIDS+=($!); WN_PID=$!
   TARGETS+=(whitenoise)
 fi
 
 port_of() { case "$1" in gateway) echo "$GW";; nginx) echo "$NX";; whitenoise) echo "$WN";; esac; }
+pid_of() { case "$1" in gateway) echo "$GW_PID";; nginx) echo "$NX_PID";; whitenoise) echo "$WN_PID";; esac; }
+# utime+stime (clock ticks) of a server: its process and its children (nginx and Gunicorn
+# workers).
+cpu_ticks() {
+  local total=0 pid stat
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+    stat="${stat##*) }"   # fields after the command name, which may hold spaces
+    total=$((total + $(awk '{print $12 + $13}' <<<"$stat")))
+  done
+  echo "$total"
+}
+HZ="$(getconf CLK_TCK)"
 for t in "${TARGETS[@]}"; do
   for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$(port_of "$t")/static/small.3f2a9c1b7e4d.css" >/dev/null && break; sleep 0.1; done
   curl -fs "http://127.0.0.1:$(port_of "$t")/static/small.3f2a9c1b7e4d.css" >/dev/null || { echo "$t is not serving"; exit 1; }
@@ -101,12 +114,16 @@ for file in small.3f2a9c1b7e4d.css large.9c1b7e4d3f2a.css; do
   done
   for i in $(seq 1 "$ROUNDS"); do
     for t in "${TARGETS[@]}"; do
+      c0="$(cpu_ticks "$(pid_of "$t")")"
       out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency -H "Accept-Encoding: gzip" "http://127.0.0.1:$(port_of "$t")/static/$file")
+      c1="$(cpu_ticks "$(pid_of "$t")")"
       if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx from $t on $file" >&2; exit 1; fi
       rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
       p99=$(awk '$1=="99%"{print $2}' <<<"$out")
-      echo "[static-bench] $file $t round $i: $rps req/s p99 $p99" >&2
-      printf '%s\t%s\t%s\t%s\n' "$file" "$t" "$rps" "$p99" >>"$RESULTS"
+      reqs=$(awk '/requests in/{print $1}' <<<"$out")
+      cpu=$(python3 -c "print(f'{($c1 - $c0) / $HZ * 1e6 / max($reqs, 1):.1f}')")
+      echo "[static-bench] $file $t round $i: $rps req/s p99 $p99 cpu $cpu us/req" >&2
+      printf '%s\t%s\t%s\t%s\t%s\n' "$file" "$t" "$rps" "$p99" "$cpu" >>"$RESULTS"
     done
   done
 done
@@ -118,17 +135,22 @@ def ms(v):
         if v.endswith(unit):
             return float(v[: -len(unit)]) * f
     return float(v)
-rows = collections.defaultdict(lambda: ([], []))
+rows = collections.defaultdict(lambda: ([], [], []))
 for line in open(sys.argv[1]):
-    f, t, rps, p99 = line.split()
-    rows[(f, t)][0].append(float(rps)); rows[(f, t)][1].append(ms(p99))
+    f, t, rps, p99, cpu = line.split()
+    rows[(f, t)][0].append(float(rps)); rows[(f, t)][1].append(ms(p99)); rows[(f, t)][2].append(float(cpu))
 print(f"\nStatic files (wrk -t1 -c{sys.argv[4]} -d{sys.argv[2]} --latency, Accept-Encoding: gzip, "
       f"median of {sys.argv[3]} alternating rounds, {sys.argv[5]} worker(s) each)\n")
-print("| file | server | req/s | p99 ms | req/s vs nginx |\n|---|---|---:|---:|---:|")
+print("| file | server | req/s | p99 ms | CPU us/req | req/s vs nginx | p99 vs nginx | CPU vs nginx |")
+print("|---|---|---:|---:|---:|---:|---:|---:|")
+med = statistics.median
 for f in sorted({k[0] for k in rows}, reverse=True):
-    nginx = statistics.median(rows[(f, "nginx")][0])
+    n_rps, n_p99, n_cpu = (med(v) for v in rows[(f, "nginx")])
     for t in ("gateway", "nginx", "whitenoise"):
         if (f, t) in rows:
-            rps = statistics.median(rows[(f, t)][0]); p99 = statistics.median(rows[(f, t)][1])
-            print(f"| {f.split('.')[0]} | {t} | {rps:.0f} | {p99:.2f} | {rps / nginx:.2f} |")
+            rps, p99, cpu = (med(v) for v in rows[(f, t)])
+            print(f"| {f.split('.')[0]} | {t} | {rps:.0f} | {p99:.2f} | {cpu:.1f} | {rps / n_rps:.2f} "
+                  f"| {p99 / n_p99:.2f} | {cpu / n_cpu:.2f} |")
+print("\nCPU us/req = utime+stime of the server's processes (nginx and Gunicorn: master + workers)"
+      " during the round / requests served; wrk's CPU is not counted.")
 PY
