@@ -5,7 +5,8 @@
 //! 1. method check          — only GET and HEAD ([`StaticMiss::MethodNotAllowed`] otherwise);
 //! 2. prefix strip          — `/static/css/a.css` on a `/static/` route is `root/css/a.css`;
 //! 3. cache                 — small files answer from memory with no syscall, and a path
-//!    recently found missing is a miss with no syscall either ([`cache`]);
+//!    recently found missing is a miss with no syscall either ([`cache`]); concurrent
+//!    first requests for a path wait for one lookup (`first_load`);
 //! 4. resolve (blocking)    — safe path → canonical file under the root ([`resolve`]) and its
 //!    precompressed siblings, on `spawn_blocking`;
 //! 5. negotiate and answer  — encoding, validators, ranges ([`negotiate`], `respond`).
@@ -15,6 +16,7 @@
 
 mod body;
 pub mod cache;
+mod first_load;
 pub mod mime;
 pub mod negotiate;
 pub mod resolve;
@@ -28,6 +30,7 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 
 use self::cache::{Entry, EntryOptions, FileCache, Freshness};
+use self::first_load::{FirstLoads, Turn};
 use self::negotiate::Encoding;
 use self::resolve::{Found, Lookup, RelPath, Stamp};
 use crate::config::features::StaticSettings;
@@ -68,6 +71,7 @@ pub struct StaticSite {
     options: EntryOptions,
     fallback_upstream: bool,
     cache: FileCache,
+    first_loads: FirstLoads,
     /// Blocking lookups started (cache misses and revalidations), for stats and tests.
     disk_lookups: AtomicU64,
 }
@@ -118,6 +122,7 @@ impl StaticSite {
             },
             fallback_upstream: settings.fallback_upstream,
             cache: FileCache::new(settings.cache_max_bytes, settings.cache_max_file_bytes),
+            first_loads: FirstLoads::default(),
             disk_lookups: AtomicU64::new(0),
         }
     }
@@ -163,15 +168,7 @@ impl StaticSite {
                     other => self.settle(rest, other, parts, normalized_path, now)?,
                 }
             }
-            None => match self.cache.get_miss(rest) {
-                Some(Freshness::Fresh) => return Err(StaticMiss::NotFound),
-                // Not seen lately, or this caller claimed the miss's revalidation.
-                Some(Freshness::Revalidate) | None => {
-                    let now = self.cache.now_ms();
-                    let outcome = self.load(rest, None).await?;
-                    self.settle(rest, outcome, parts, normalized_path, now)?
-                }
-            },
+            None => self.uncached(rest, parts, normalized_path).await?,
         };
         let response = match served {
             Served::Shared(entry) => respond::respond(parts, &entry, None, sendfile),
@@ -182,6 +179,37 @@ impl StaticSite {
             Served::Ready(response) => Some(response),
         };
         response.ok_or(StaticMiss::NotFound)
+    }
+
+    /// A path with no cached entry: a remembered miss, or a lookup — the first of several
+    /// concurrent requests for it looks, the others wait and take its answer from the cache.
+    async fn uncached(
+        &self,
+        rest: &str,
+        parts: &Parts,
+        normalized_path: &str,
+    ) -> Result<Served, StaticMiss> {
+        let _leading = match self.cache.get_miss(rest) {
+            Some(Freshness::Fresh) => return Err(StaticMiss::NotFound),
+            // This caller claimed the remembered miss's revalidation.
+            Some(Freshness::Revalidate) => None,
+            None => match self.first_loads.enter(rest).await {
+                Turn::Lead(leading) => Some(leading),
+                Turn::Followed => {
+                    if let Some((entry, _)) = self.cache.get(rest) {
+                        return Ok(Served::Shared(entry));
+                    }
+                    if let Some(Freshness::Fresh) = self.cache.get_miss(rest) {
+                        return Err(StaticMiss::NotFound);
+                    }
+                    // Not cacheable (a large file, streamed per request): look again.
+                    None
+                }
+            },
+        };
+        let now = self.cache.now_ms();
+        let outcome = self.load(rest, None).await?;
+        self.settle(rest, outcome, parts, normalized_path, now)
     }
 
     /// Resolves `rest` on a blocking thread; `previous` stamps allow an `Unchanged` answer.

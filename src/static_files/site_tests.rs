@@ -144,3 +144,63 @@ async fn only_files_up_to_the_per_file_limit_are_kept() {
     assert_eq!(site.disk_lookups(), 2 + 1);
     assert_eq!((site.cache().len(), site.cache().miss_len()), (0, 1));
 }
+
+/// `n` concurrent GETs of `path`.
+async fn fetch_many(
+    site: &StaticSite,
+    path: &str,
+    n: usize,
+) -> Vec<Result<(u16, Vec<u8>), StaticMiss>> {
+    futures_util::future::join_all((0..n).map(|_| fetch(site, path))).await
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_share_one_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.css"), "body{}").unwrap();
+    std::fs::write(dir.path().join("big.bin"), vec![7u8; 4096]).unwrap();
+    let site = StaticSite::new(&settings(dir.path(), 1024, 1 << 20), "/static/");
+
+    for got in fetch_many(&site, "/static/a.css", 50).await {
+        assert_eq!(got, Ok((200, b"body{}".to_vec())));
+    }
+    assert_eq!(
+        site.disk_lookups(),
+        1,
+        "one lookup for 50 concurrent first requests"
+    );
+
+    for got in fetch_many(&site, "/static/missing.css", 50).await {
+        assert_eq!(got, Err(StaticMiss::NotFound));
+    }
+    assert_eq!(
+        site.disk_lookups(),
+        2,
+        "one lookup for 50 concurrent misses"
+    );
+
+    // Too large to cache: each request needs its own open file, so each looks.
+    for got in fetch_many(&site, "/static/big.bin", 10).await {
+        assert_eq!(got.unwrap().1.len(), 4096);
+    }
+    assert_eq!(site.disk_lookups(), 12);
+    assert_eq!(site.first_loads.running(), 0);
+}
+
+#[tokio::test]
+async fn a_cancelled_first_request_leaves_no_gate_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.css"), "body{}").unwrap();
+    let site = StaticSite::new(&settings(dir.path(), 1024, 1 << 20), "/static/");
+    let first = fetch(&site, "/static/a.css");
+    tokio::select! {
+        biased;
+        _ = first => panic!("a disk lookup cannot finish in one poll"),
+        _ = std::future::ready(()) => {}
+    }
+    assert_eq!(site.first_loads.running(), 0);
+    assert_eq!(
+        fetch(&site, "/static/a.css").await,
+        Ok((200, b"body{}".to_vec()))
+    );
+}
