@@ -16,10 +16,11 @@
 //!   addresses while it is offered, and the pointer test alone decides; a write that is not
 //!   the region's (a proxied body, a copy hyper made) goes out as it is;
 //! - a file is kept only if it did not change while it was read, and a region is offered only
-//!   if the file is still unchanged (`fstat`: size, mtime, ctime) — a file rewritten in place
-//!   is answered from memory until revalidation re-reads it (nginx's `open_file_cache` would
-//!   send the new bytes under the old headers); a file that shrinks between that check and
-//!   the send ends the region, and the rest comes from memory.
+//!   while the file is seen unchanged (`fstat`: size, mtime, ctime; at most every
+//!   [`RECHECK_AFTER`] per file) — a file rewritten in place is answered from memory, from at
+//!   most 5 ms after the write until revalidation re-reads it (nginx's `open_file_cache` sends
+//!   the new bytes under the old headers for `open_file_cache_valid`, 60 s by default); a file
+//!   that shrinks before the send ends the region, and the rest comes from memory.
 //!
 //! Like nginx's `sendfile on`, the kernel reads the file's pages on the worker thread; they
 //! were read moments before and stay in the page cache unless memory runs short. A static
@@ -31,7 +32,7 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rustix::net::SendFlags;
@@ -40,6 +41,9 @@ use tokio::net::TcpStream;
 
 /// Smaller bodies are copied: one `writev` costs less than `send` + `sendfile`.
 pub const MIN_LEN: usize = 16 * 1024;
+/// How stale "the file is unchanged" may be: a file rewritten in place is noticed this
+/// long after at most (then answered from memory until revalidation re-reads it).
+pub const RECHECK_AFTER: Duration = Duration::from_millis(5);
 /// Most files kept open for sendfile at once, in the whole process (each cached variant of
 /// at least [`MIN_LEN`] holds one until it leaves the cache).
 pub const MAX_OPEN_FILES: usize = 512;
@@ -58,6 +62,11 @@ pub fn bytes_sent() -> u64 {
 pub struct DiskFile {
     file: File,
     read_as: Fingerprint,
+    kept: Instant,
+    /// When (ms after `kept`) the file was last seen unchanged.
+    checked_ms: AtomicU64,
+    /// Seen changed: for good (revalidation replaces the entry and this file with it).
+    changed: AtomicBool,
 }
 
 /// What changes when a file's content does.
@@ -95,14 +104,38 @@ impl DiskFile {
         let taken = OPEN_FILES.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < MAX_OPEN_FILES).then_some(n + 1)
         });
-        taken.ok().map(|_| Arc::new(DiskFile { file, read_as }))
+        taken.ok().map(|_| {
+            Arc::new(DiskFile {
+                file,
+                read_as,
+                kept: Instant::now(),
+                checked_ms: AtomicU64::new(0),
+                changed: AtomicBool::new(false),
+            })
+        })
     }
 
-    /// Whether the file still holds the bytes read from it (one `fstat`).
+    /// Whether the file still holds the bytes read from it, as of [`RECHECK_AFTER`] ago at
+    /// most: one `fstat` per file per interval, not per response (it cost ~12% of the CPU per
+    /// response of a 25 KiB file).
     fn unchanged(&self) -> bool {
-        self.file
+        if self.changed.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = u64::try_from(self.kept.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let recheck = RECHECK_AFTER.as_millis() as u64;
+        if now.saturating_sub(self.checked_ms.load(Ordering::Relaxed)) < recheck {
+            return true;
+        }
+        self.checked_ms.store(now, Ordering::Relaxed);
+        let same = self
+            .file
             .metadata()
-            .is_ok_and(|meta| Fingerprint::of(&meta) == self.read_as)
+            .is_ok_and(|meta| Fingerprint::of(&meta) == self.read_as);
+        if !same {
+            self.changed.store(true, Ordering::Relaxed);
+        }
+        same
     }
 }
 
@@ -391,6 +424,8 @@ mod tests {
         let bytes = Bytes::from(content.clone());
         let (file, mut writer) = disk(&content);
         writer.write_all(b"b").unwrap();
+        // Noticed once the last check (at keep time) is RECHECK_AFTER old.
+        std::thread::sleep(RECHECK_AFTER * 2);
         let slot = Slot::default();
         slot.offer(&bytes, &file, 0);
         let (out, _peer) = pair().await;

@@ -159,6 +159,8 @@ async fn a_file_changed_in_place_is_answered_from_memory_until_revalidated() {
     let path = dir.path().join("files/app.0123456789ab.js");
     let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     std::io::Write::write_all(&mut f, &content(9)).unwrap();
+    // The gateway looks at the file at most every RECHECK_AFTER.
+    tokio::time::sleep(gateway::sendfile::RECHECK_AFTER * 3).await;
     let before = gateway::sendfile::bytes_sent();
     let (_, h, body) = fetch(&client, &u, &[]).await;
     assert_eq!(h["etag"], etag);
