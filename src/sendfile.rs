@@ -215,8 +215,11 @@ impl Slot {
             let start = b.as_ptr() as usize;
             !b.is_empty() && start >= base && start + b.len() <= end
         })?;
-        // What comes before the body (the response head): one slice at a time.
-        let head = bufs[..at].iter().find(|b| !b.is_empty());
+        // What comes before the body (the response head): one slice at a time, and the body
+        // only once nothing else is before it.
+        let mut before = bufs[..at].iter().filter(|b| !b.is_empty());
+        let head = before.next();
+        let body_next = before.next().is_none();
         let head_len = head.map_or(0, |h| h.len());
         let body = &bufs[at];
         let last = body.as_ptr() as usize + body.len() == end;
@@ -229,7 +232,8 @@ impl Slot {
                 Poll::Ready(Ok(())) => {}
             }
             let sent = tcp.try_io(Interest::WRITABLE, || {
-                send(tcp, head.map(|h| &**h), &file.file, offset, body.len())
+                let body = body_next.then_some((&file.file, offset, body.len()));
+                send(tcp, head.map(|h| &**h), body)
             });
             match sent {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -263,14 +267,13 @@ enum Sent {
     FileEnded,
 }
 
-/// `head` with `MSG_MORE` (so it leaves in one segment with the body), then the body from
-/// the file. A partial head is reported as is; the caller comes back for the rest.
+/// `head` with `MSG_MORE` (so it leaves in one segment with the body), then `body` (`len`
+/// bytes of a file from an offset) if given. A partial head is reported as is; the caller
+/// comes back for the rest.
 fn send(
     tcp: &TcpStream,
     head: Option<&[u8]>,
-    file: &File,
-    offset: u64,
-    len: usize,
+    body: Option<(&File, u64, usize)>,
 ) -> io::Result<Sent> {
     let mut written = 0;
     if let Some(head) = head {
@@ -279,6 +282,9 @@ fn send(
             return Ok(Sent::Bytes(written));
         }
     }
+    let Some((file, offset, len)) = body else {
+        return Ok(Sent::Bytes(written));
+    };
     let mut at = offset;
     match rustix::fs::sendfile(tcp, file, Some(&mut at), len) {
         Ok(0) if written == 0 => Ok(Sent::FileEnded),
@@ -374,6 +380,29 @@ mod tests {
         assert_eq!(&got[..19], head);
         assert!(got[19..].iter().all(|&b| b == b'F'), "sent by sendfile");
         assert!(slot.lock().is_none(), "let go once sent");
+    }
+
+    #[tokio::test]
+    async fn every_slice_before_the_body_goes_first() {
+        let on_disk = vec![b'F'; 32 * 1024];
+        let in_memory = Bytes::from(vec![b'M'; 32 * 1024]);
+        let (file, _) = disk(&on_disk);
+        let slot = Slot::default();
+        slot.offer(&in_memory, &file, 0);
+        let (out, mut peer) = pair().await;
+        let total = 4 + 6 + in_memory.len() + 2;
+        let reader = tokio::spawn(async move { read_n(&mut peer, total).await });
+        // As hyper writes a chunked body: head, chunk size, data, CRLF.
+        let bufs: [&[u8]; 4] = [b"head", b"8000\r\n", &in_memory, b"\r\n"];
+        // The slot sends the head slices and the body; the CRLF after it is not the
+        // region's, so the caller writes it.
+        assert_eq!(write_all(&slot, &out, &bufs[..3]).await, Some(total - 2));
+        assert_eq!(write_all(&slot, &out, &bufs[3..]).await, None);
+        out.try_write(b"\r\n").unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..10], b"head8000\r\n");
+        assert!(got[10..total - 2].iter().all(|&b| b == b'F'));
+        assert_eq!(&got[total - 2..], b"\r\n");
     }
 
     #[tokio::test]
