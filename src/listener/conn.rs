@@ -3,7 +3,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use crate::handler::{self, AmbiguousFraming, CloseAfter, ConnInfo, State};
 use crate::sendfile::Zerocopy;
 
 mod framing;
+mod streams;
 
 /// Which HTTP version to speak on a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +150,7 @@ pub async fn serve<I>(
     let watch = Watch {
         epoch: Instant::now(),
         last_activity: Arc::new(AtomicU64::new(0)),
+        in_flight: Arc::new(AtomicUsize::new(0)),
         requested: Arc::new(AtomicBool::new(false)),
         idle: builders.idle_timeout,
         first_request_by,
@@ -161,6 +163,8 @@ pub async fn serve<I>(
         inner: io,
         epoch: watch.epoch,
         last_activity: watch.last_activity.clone(),
+        // HTTP/2 is idle by its requests (`streams`), not by the frames that keep arriving.
+        bytes_are_activity: protocol == Protocol::Http1,
         scanner: verdict
             .as_ref()
             .map(|v| framing::Scanner::new(builders.max_head, v.clone())),
@@ -171,7 +175,7 @@ pub async fn serve<I>(
         sendfile: (protocol == Protocol::Http1 && info.sendfile.is_some()).then(|| info.clone()),
     });
     let requested = watch.requested.clone();
-    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+    let handle = move |mut req: hyper::Request<hyper::body::Incoming>| {
         requested.store(true, Ordering::Relaxed);
         if let Some(v) = &verdict {
             let (ambiguous, close_after) = v.next_request();
@@ -184,13 +188,33 @@ pub async fn serve<I>(
         }
         let state = state.load_full();
         handler::handle(state, info.clone(), req)
-    });
+    };
     match protocol {
         Protocol::Http1 => {
+            let service = service_fn(handle);
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
             watch.drive(conn, |c| c.graceful_shutdown()).await
         }
         Protocol::Http2 => {
+            let streams = streams::Streams {
+                in_flight: watch.in_flight.clone(),
+                last_activity: watch.last_activity.clone(),
+                epoch: watch.epoch,
+            };
+            let service = service_fn(move |req| {
+                let in_flight = streams.start();
+                let handled = handle(req);
+                async move {
+                    let response = handled.await?;
+                    Ok::<_, std::convert::Infallible>(response.map(|inner| {
+                        let counted = streams::Counted {
+                            inner,
+                            _in_flight: in_flight,
+                        };
+                        http_body_util::BodyExt::boxed_unsync(counted)
+                    }))
+                }
+            });
             let conn = builders.http2.serve_connection(io, service);
             watch.drive(conn, |c| c.graceful_shutdown()).await
         }
@@ -201,6 +225,8 @@ pub async fn serve<I>(
 struct Watch {
     epoch: Instant,
     last_activity: Arc<AtomicU64>,
+    /// HTTP/2 requests in flight (always 0 on HTTP/1.1, where bytes are the activity).
+    in_flight: Arc<AtomicUsize>,
     /// Whether a request has reached the service yet (for the first-request deadline).
     requested: Arc<AtomicBool>,
     idle: Duration,
@@ -223,7 +249,8 @@ impl Watch {
         // timed from their first byte (ActivityIo), and HTTP/2 has no header timer at all: a
         // client that sends part of the preface, or a SETTINGS frame and no HEADERS, would
         // hold a connection slot until the idle timeout. Between requests, idle_timeout
-        // applies; later HTTP/2 requests are bounded by the keep-alive pings and idle_timeout.
+        // applies: on HTTP/1.1 from the last byte, on HTTP/2 from the last request's end
+        // (`streams`: frames without a request, PINGs included, do not keep it open).
         let first_request = tokio::time::sleep_until(self.first_request_by);
         tokio::pin!(first_request);
         let mut awaiting_first_request = true;
@@ -254,6 +281,10 @@ impl Watch {
                     }
                 }
                 _ = idle_check.as_mut(), if !draining => {
+                    if self.in_flight.load(Ordering::Relaxed) > 0 {
+                        idle_check.as_mut().reset((Instant::now() + self.idle).into());
+                        continue;
+                    }
                     let last = Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
                     let quiet_for = self.epoch.elapsed().saturating_sub(last);
                     if quiet_for >= self.idle {
@@ -274,6 +305,8 @@ struct ActivityIo<I> {
     inner: I,
     epoch: Instant,
     last_activity: Arc<AtomicU64>,
+    /// Whether moving bytes counts as activity for the idle timeout (HTTP/1.1).
+    bytes_are_activity: bool,
     /// Follows HTTP/1.1 request framing until it has nothing more to say.
     scanner: Option<framing::Scanner>,
     /// header_read_timeout: a request head must be complete this long after its first byte.
@@ -291,7 +324,9 @@ impl<I> ActivityIo<I> {
     /// Records activity now; returns the time, in ms after `epoch`.
     fn touch(&self) -> u64 {
         let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity.store(now, Ordering::Relaxed);
+        if self.bytes_are_activity {
+            self.last_activity.store(now, Ordering::Relaxed);
+        }
         now
     }
 
