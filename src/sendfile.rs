@@ -208,52 +208,59 @@ impl Slot {
             return None;
         }
         let mut offered = self.lock();
-        let region = offered.as_ref()?;
-        let base = region.bytes.as_ptr() as usize;
-        let end = base + region.bytes.len();
-        let at = bufs.iter().position(|b| {
-            let start = b.as_ptr() as usize;
-            !b.is_empty() && start >= base && start + b.len() <= end
-        })?;
-        // What comes before the body (the response head): one slice at a time, and the body
-        // only once nothing else is before it.
-        let mut before = bufs[..at].iter().filter(|b| !b.is_empty());
-        let head = before.next();
-        let body_next = before.next().is_none();
-        let head_len = head.map_or(0, |h| h.len());
-        let body = &bufs[at];
-        let last = body.as_ptr() as usize + body.len() == end;
-        let offset = region.offset + (body.as_ptr() as usize - base) as u64;
-        let file = Arc::clone(&region.file);
-        loop {
-            match tcp.poll_write_ready(cx) {
-                Poll::Pending => return Some(Poll::Pending),
-                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
-                Poll::Ready(Ok(())) => {}
+        let (sent, done) = {
+            let region = offered.as_ref()?;
+            let base = region.bytes.as_ptr() as usize;
+            let end = base + region.bytes.len();
+            let at = bufs.iter().position(|b| {
+                let start = b.as_ptr() as usize;
+                !b.is_empty() && start >= base && start + b.len() <= end
+            })?;
+            // What comes before the body (the response head): one slice at a time, and the
+            // body only once nothing else is before it.
+            let mut before = bufs[..at].iter().filter(|b| !b.is_empty());
+            let head = before.next();
+            let body_next = before.next().is_none();
+            let body = &bufs[at];
+            // Everything up to the region's end, if this write goes through whole.
+            let done = body_next
+                .then(|| head.map_or(0, |h| h.len()) + body.len())
+                .filter(|_| body.as_ptr() as usize + body.len() == end);
+            let offset = region.offset + (body.as_ptr() as usize - base) as u64;
+            let sent = loop {
+                match tcp.poll_write_ready(cx) {
+                    Poll::Pending => return Some(Poll::Pending),
+                    Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let sent = tcp.try_io(Interest::WRITABLE, || {
+                    let body = body_next.then_some((&region.file.file, offset, body.len()));
+                    send(tcp, head.map(|h| &**h), body)
+                });
+                match sent {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    other => break other,
+                }
+            };
+            (sent, done)
+        };
+        match sent {
+            // The file is shorter than what was read from it: stop offering; these bytes
+            // go out from memory.
+            Ok(Sent::FileEnded) => {
+                *offered = None;
+                self.armed.store(false, Ordering::Relaxed);
+                None
             }
-            let sent = tcp.try_io(Interest::WRITABLE, || {
-                let body = body_next.then_some((&file.file, offset, body.len()));
-                send(tcp, head.map(|h| &**h), body)
-            });
-            match sent {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                // The file is shorter than what was read from it: stop offering; these
-                // bytes go out from memory.
-                Ok(Sent::FileEnded) => {
+            Ok(Sent::Bytes(n)) => {
+                if done == Some(n) {
+                    // All sent: let go of the bytes and the file.
                     *offered = None;
                     self.armed.store(false, Ordering::Relaxed);
-                    return None;
                 }
-                Ok(Sent::Bytes(n)) => {
-                    if last && n == head_len + body.len() {
-                        // All sent: let go of the bytes and the file.
-                        *offered = None;
-                        self.armed.store(false, Ordering::Relaxed);
-                    }
-                    return Some(Poll::Ready(Ok(n)));
-                }
-                Err(e) => return Some(Poll::Ready(Err(e))),
+                Some(Poll::Ready(Ok(n)))
             }
+            Err(e) => Some(Poll::Ready(Err(e))),
         }
     }
 
