@@ -15,14 +15,7 @@ async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, Vec<u8>) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let mut req = client.get(url);
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let h = res.headers().clone();
-    (status, h, res.bytes().await.unwrap().to_vec())
+    fetch(&client, url, headers).await
 }
 
 fn h<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

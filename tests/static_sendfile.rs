@@ -4,10 +4,12 @@
 //! turns the path off.
 
 mod common;
+mod static_support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use static_support::fetch;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
@@ -42,21 +44,6 @@ logging:
 
 fn url(gw: &gateway::server::Gateway, path: &str) -> String {
     format!("http://{}{}", gw.local_addr("http").unwrap(), path)
-}
-
-async fn fetch(
-    client: &reqwest::Client,
-    url: &str,
-    headers: &[(&str, &str)],
-) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
-    let mut req = client.get(url);
-    for (n, v) in headers {
-        req = req.header(*n, *v);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let h = res.headers().clone();
-    (status, h, res.bytes().await.unwrap().to_vec())
 }
 
 /// Splits `out` into the bodies of consecutive `Content-Length` responses.

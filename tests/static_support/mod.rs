@@ -17,6 +17,22 @@ use crate::common::{raw_exchange_parsed, RawResponse, TestGateway, TestUpstream}
 /// Content of the file beside the root: must never appear in any response.
 pub const SECRET: &str = "TOP-SECRET-d41d8cd98f00b204";
 
+/// A GET of `url` on `client` with extra `headers`: status, headers and body.
+pub async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = client.get(url);
+    for (n, v) in headers {
+        req = req.header(*n, *v);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let h = res.headers().clone();
+    (status, h, res.bytes().await.unwrap().to_vec())
+}
+
 pub fn css() -> Vec<u8> {
     (0..200)
         .map(|i| format!(".rule-{i} {{ color: #{i:06x}; margin: {i}px; }}\n"))
