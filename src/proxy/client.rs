@@ -1,34 +1,34 @@
-//! One request to one upstream server over a pooled HTTP/1.1 connection (hyper's
-//! `client::conn::http1`): checkout or connect, send, and hand the connection back to the
-//! pool once the response body has been read to its end.
+//! One request to one upstream server over a pooled HTTP/1.1 connection ([`h1`]): checkout
+//! or connect, send, and hand the connection back to the pool once the response body has
+//! been read to its end.
 //!
-//! A request that never left the gateway (connect failure, or a pooled connection that died
-//! before the request was written) comes back to the caller untouched, body included, so it
-//! can be retried on another server without having been copied.
+//! A request that never left the gateway (connect failure) comes back to the caller
+//! untouched, body included, so it can be retried on another server without having been
+//! copied. A pooled connection the server closed just as a request without a body went out
+//! (its keep-alive ran out) is replaced by a fresh one for idempotent methods, as browsers
+//! and nginx do.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use http::Request;
 
 use super::body::is_length_limit_error;
-use super::pool::{Sender, ServerPool};
-use super::server_state::InFlight;
+use super::h1::{Conn, ExchangeError, Head, Kind, Outgoing};
 use super::upstream::Server;
-use crate::error::{BoxError, GatewayBody, GatewayError};
+use crate::error::{GatewayBody, GatewayError};
 
-/// Why a request got no response, and the request itself when it was never sent (so it is
-/// safe to try elsewhere, whatever its method).
+/// Why a request got no response, and the request itself when it can be sent to another
+/// server (it never left the gateway, or it is idempotent and bodiless).
 pub struct Failure {
     pub error: GatewayError,
-    pub unsent: Option<Request<GatewayBody>>,
+    pub unsent: Option<Unsent>,
+}
+
+/// A request not yet (or safely again) sendable.
+pub enum Unsent {
+    Request(Request<GatewayBody>),
+    /// Already encoded for a connection that turned out closed.
+    Encoded(Outgoing),
 }
 
 /// Per-request limits that shape errors.
@@ -43,45 +43,73 @@ pub struct Limits {
 }
 
 /// Sends `request` (origin-form URI, `Host` set) to `server`; on success returns the
-/// response head and the connection it came on, which the caller releases (see
-/// [`release_with`]) or keeps for an upgrade.
+/// response head and the connection it came on, which carries the body (see
+/// [`super::h1::ResponseBody`]) or the upgraded stream.
 pub async fn send(
     server: &Server,
-    mut request: Request<GatewayBody>,
+    request: Unsent,
     limits: &Limits,
-) -> Result<(Response<Incoming>, Sender), Failure> {
-    let mut pooled = server.pool.checkout();
+) -> Result<(Head, Conn), Failure> {
+    let (mut conn, mut reused) = match server.pool.checkout() {
+        Some(conn) => (conn, true),
+        None => match connect(server, limits.connect_timeout).await {
+            Ok(conn) => (conn, false),
+            Err(error) => {
+                return Err(Failure {
+                    error,
+                    unsent: Some(request),
+                })
+            }
+        },
+    };
+    let mut out = match request {
+        Unsent::Request(request) => {
+            let (parts, body) = request.into_parts();
+            let scratch = conn.take_scratch();
+            Outgoing::new(scratch, &parts.method, &parts.uri, &parts.headers, body)
+            // The head is encoded: nothing of the request's parts is held while the
+            // server answers.
+        }
+        Unsent::Encoded(mut out) => {
+            out.rewind();
+            out
+        }
+    };
     loop {
-        let reused = pooled.is_some();
-        let mut sender = match pooled.take() {
-            Some(sender) => sender,
-            // Boxed: new connections are rare (pooled), and the connect + handshake future
-            // is large; inline it would enlarge every request's future.
-            None => match Box::pin(connect(server, limits.connect_timeout)).await {
-                Ok(sender) => sender,
-                Err(source) => {
-                    let error = GatewayError::UpstreamConnect {
-                        server: server.label.clone(),
-                        source,
-                    };
-                    return Err(Failure {
-                        error,
-                        unsent: Some(request),
-                    });
-                }
-            },
-        };
         let sent_at = limits.track_latency.then(Instant::now);
-        let sent =
-            tokio::time::timeout(limits.response_timeout, sender.try_send_request(request)).await;
-        let mut failed = match sent {
-            Ok(Ok(response)) => {
+        let exchange = tokio::time::timeout(limits.response_timeout, conn.exchange(&mut out));
+        match exchange.await {
+            Ok(Ok(head)) => {
                 if let Some(at) = sent_at {
                     server.state.observe_latency(at.elapsed());
                 }
-                return Ok((response, sender));
+                out.return_scratch(&mut conn);
+                return Ok((head, conn));
             }
-            Ok(Err(failed)) => failed,
+            Ok(Err(failed)) => {
+                let stale = reused
+                    && !failed.received
+                    && out.can_resend()
+                    && matches!(failed.kind, Kind::Io(_) | Kind::Closed);
+                if !stale {
+                    return Err(Failure {
+                        error: exchange_error(server, failed, limits),
+                        unsent: None,
+                    });
+                }
+                // The pooled connection's keep-alive ended as the request went out.
+                conn = match connect(server, limits.connect_timeout).await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        return Err(Failure {
+                            error,
+                            unsent: Some(Unsent::Encoded(out)),
+                        })
+                    }
+                };
+                reused = false;
+                out.rewind();
+            }
             Err(_) => {
                 let error = GatewayError::UpstreamTimeout {
                     server: server.label.clone(),
@@ -92,163 +120,50 @@ pub async fn send(
                     unsent: None,
                 });
             }
-        };
-        match failed.take_message() {
-            // The pooled connection closed before our request went out (the server's
-            // keep-alive ended): transparently use a fresh connection instead.
-            Some(unsent) if reused => request = unsent,
-            Some(unsent) => {
-                let error = GatewayError::UpstreamConnect {
-                    server: server.label.clone(),
-                    source: failed.into_error().into(),
-                };
-                return Err(Failure {
-                    error,
-                    unsent: Some(unsent),
-                });
-            }
-            None => {
-                let source = failed.into_error();
-                let error = if is_length_limit_error(&source) {
-                    GatewayError::BodyTooLarge(limits.body_limit)
-                } else {
-                    GatewayError::UpstreamFailed {
-                        server: server.label.clone(),
-                        source: source.into(),
-                    }
-                };
-                return Err(Failure {
-                    error,
-                    unsent: None,
-                });
-            }
         }
     }
 }
 
-/// Opens a new connection and runs it on the current runtime (upgrades allowed, so a
-/// `101 Switching Protocols` hands the socket over for WebSocket splicing).
-async fn connect(server: &Server, timeout: Duration) -> Result<Sender, BoxError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(server.addr)).await {
-        Ok(stream) => stream?,
-        Err(_) => return Err(format!("connect timed out after {timeout:?}").into()),
-    };
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+/// Opens a new connection. Boxed: new connections are rare (pooled), and the connect
+/// future is large; inline it would enlarge every request's future.
+async fn connect(server: &Server, timeout: Duration) -> Result<Conn, GatewayError> {
+    Box::pin(Conn::connect(server.addr, timeout))
+        .await
+        .map_err(|source| GatewayError::UpstreamConnect {
+            server: server.label.clone(),
+            source,
+        })
 }
 
-/// Returns `sender` to `pool` once its connection can take another request. Usually it
-/// already can (its task runs on this thread and finished the exchange before we saw the
-/// end of the body); if it is still busy (e.g. the request body is still being written
-/// after an early response), a small task waits for it, at most the pool's idle timeout.
-pub fn release_with(pool: &Arc<ServerPool>, mut sender: Sender) {
-    if sender.is_ready() {
-        pool.put(sender);
-        return;
-    }
-    if sender.is_closed() || pool.is_disabled() {
-        return;
-    }
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let pool = Arc::clone(pool);
-    runtime.spawn(async move {
-        if let Ok(Ok(())) = tokio::time::timeout(pool.idle_timeout(), sender.ready()).await {
-            pool.put(sender);
+/// The error a failed exchange answers with: the client's body's own failures are the
+/// client's (400, or 413 past the size limit); everything else is the server's (502).
+fn exchange_error(server: &Server, failed: ExchangeError, limits: &Limits) -> GatewayError {
+    match failed.kind {
+        Kind::Body(e) if is_length_limit_error(&*e) => {
+            GatewayError::BodyTooLarge(limits.body_limit)
         }
-    });
-}
-
-/// An upstream response body that gives its connection back to the pool when it reaches
-/// its end. Dropped early, it drops the connection too (hyper then closes it: the rest of
-/// the body would have to be read first).
-/// It also keeps its request counted in flight at the server until it is dropped.
-pub struct PooledBody {
-    inner: Incoming,
-    conn: Option<(Sender, Arc<ServerPool>)>,
-    _in_flight: InFlight,
-}
-
-impl PooledBody {
-    pub fn new(
-        inner: Incoming,
-        sender: Sender,
-        pool: Arc<ServerPool>,
-        in_flight: InFlight,
-    ) -> Self {
-        PooledBody {
-            inner,
-            conn: Some((sender, pool)),
-            _in_flight: in_flight,
+        Kind::Body(e) => GatewayError::ClientBody(e),
+        Kind::BodyLength => {
+            GatewayError::ClientBody("request body did not match its Content-Length".into())
         }
-    }
-
-    fn release(&mut self) {
-        if let Some((sender, pool)) = self.conn.take() {
-            release_with(&pool, sender);
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.inner.is_end_stream() {
-                    this.release();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.conn = None;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(None) => {
-                this.release();
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A reader may stop at `is_end_stream` without polling once more.
-        if self.inner.is_end_stream() {
-            self.release();
-        }
+        _ => GatewayError::UpstreamFailed {
+            server: server.label.clone(),
+            source: failed.into_upstream_error(),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::config::PoolSettings;
     use crate::error::full_body;
+    use crate::proxy::pool::ServerPool;
     use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
 
     fn limits() -> Limits {
         Limits {
@@ -278,50 +193,121 @@ mod tests {
         }
     }
 
-    fn request() -> Request<GatewayBody> {
-        let mut req = Request::new(full_body("payload"));
+    fn request(method: http::Method, body: &'static str) -> Request<GatewayBody> {
+        let mut req = Request::new(full_body(body));
+        *req.method_mut() = method;
         *req.uri_mut() = http::Uri::from_static("/x");
         req.headers_mut()
             .insert(http::header::HOST, http::HeaderValue::from_static("h"));
         req
     }
 
-    /// An upstream answering `fresh` on every connection it accepts.
-    async fn upstream() -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn read_body(server: &Server, head: Head, conn: Conn) -> bytes::Bytes {
+        let in_flight = super::super::server_state::InFlight::new(&server.state);
+        let body = super::super::h1::ResponseBody::new(
+            conn,
+            head.framing,
+            head.keep_alive,
+            Arc::clone(&server.pool),
+            in_flight,
+        );
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    /// An upstream whose first connection answers its first request and then closes when
+    /// the next request arrives without answering it (a keep-alive ending just then);
+    /// later connections answer `fresh`. Returns the address and the number of requests
+    /// seen.
+    async fn closing_upstream() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&seen);
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(full_body("fresh")))
+            let mut first = true;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let close_second = std::mem::take(&mut first);
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut answered = 0;
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if close_second && answered == 1 {
+                            return; // closes without an answer
+                        }
+                        let body = if close_second { "first" } else { "fresh" };
+                        let response = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        stream.write_all(response.as_bytes()).await.unwrap();
+                        answered += 1;
+                    }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
-                );
             }
         });
-        addr
+        (addr, seen)
     }
 
     #[tokio::test]
-    async fn pooled_connection_dying_before_the_request_left_is_replaced() {
-        let server = server(upstream().await);
-        let (ours, theirs) = tokio::io::duplex(1024);
-        let (mut stale, conn) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        stale.ready().await.unwrap();
-        server.pool.put(stale);
-        // The server end goes away; the connection task has not noticed yet, so the pool
-        // still hands the connection out and the request goes back unsent.
-        drop(theirs);
-        let (response, sender) = send(&server, request(), &limits()).await.ok().unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, "fresh");
-        release_with(&server.pool, sender);
+    async fn pooled_connection_closing_as_a_get_goes_out_is_replaced() {
+        let (addr, seen) = closing_upstream().await;
+        let server = server(addr);
+        let (head, conn) = send(
+            &server,
+            Unsent::Request(request(http::Method::GET, "")),
+            &limits(),
+        )
+        .await
+        .ok()
+        .unwrap();
+        assert_eq!(read_body(&server, head, conn).await, "first");
         assert_eq!(server.pool.idle_count(), 1);
+        let (head, conn) = send(
+            &server,
+            Unsent::Request(request(http::Method::GET, "")),
+            &limits(),
+        )
+        .await
+        .ok()
+        .unwrap();
+        assert_eq!(read_body(&server, head, conn).await, "fresh");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(server.pool.idle_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_post_is_never_sent_twice() {
+        let (addr, seen) = closing_upstream().await;
+        let server = server(addr);
+        let (head, conn) = send(
+            &server,
+            Unsent::Request(request(http::Method::GET, "")),
+            &limits(),
+        )
+        .await
+        .ok()
+        .unwrap();
+        assert_eq!(read_body(&server, head, conn).await, "first");
+        let Err(failure) = send(
+            &server,
+            Unsent::Request(request(http::Method::POST, "payload")),
+            &limits(),
+        )
+        .await
+        else {
+            panic!("the closed connection answered");
+        };
+        assert!(matches!(failure.error, GatewayError::UpstreamFailed { .. }));
+        assert!(failure.unsent.is_none());
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
@@ -329,14 +315,22 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let Err(failure) = send(&server(addr), request(), &limits()).await else {
+        let Err(failure) = send(
+            &server(addr),
+            Unsent::Request(request(http::Method::POST, "payload")),
+            &limits(),
+        )
+        .await
+        else {
             panic!("connected to a closed port");
         };
         assert!(matches!(
             failure.error,
             GatewayError::UpstreamConnect { .. }
         ));
-        let unsent = failure.unsent.unwrap();
+        let Some(Unsent::Request(unsent)) = failure.unsent else {
+            panic!("the request did not come back as it was");
+        };
         assert_eq!(unsent.uri(), "/x");
         let body = unsent.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "payload");

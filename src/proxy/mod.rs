@@ -6,6 +6,7 @@
 mod balance;
 pub mod body;
 mod client;
+mod h1;
 pub mod headers;
 pub mod health;
 pub mod pool;
@@ -27,10 +28,11 @@ use hyper_util::rt::TokioIo;
 
 use crate::error::{GatewayBody, GatewayError};
 use crate::observability::id_str;
-use client::{Failure, Limits, PooledBody};
+use client::{Failure, Limits, Unsent};
+use h1::{Conn, Framing, Head, ResponseBody};
 use headers::Forwarding;
+use pool::ServerPool;
 pub use pool::{set_worker_count, set_worker_index};
-use pool::{Sender, ServerPool};
 use server_state::InFlight;
 use upstream::NoServer;
 pub use upstream::Upstream;
@@ -118,7 +120,7 @@ pub async fn forward<'u>(
     };
     // Origin-form (`/path?query`): the connection already names the server.
     let uri = Uri::from(path_and_query);
-    let mut request = build_request(method, uri, header_map, body);
+    let mut request = Unsent::Request(build_request(method, uri, header_map, body));
 
     let limits = Limits {
         connect_timeout: settings.connect_timeout,
@@ -142,16 +144,16 @@ pub async fn forward<'u>(
         let server = &upstream.servers[index];
         let in_flight = InFlight::new(&server.state);
         match client::send(server, request, &limits).await {
-            Ok((response, sender)) => {
-                if response.status().is_server_error() {
+            Ok((head, conn)) => {
+                if head.response.status().is_server_error() {
                     server.state.record_failure();
                 } else {
                     server.state.record_success();
                 }
                 return Ok(Forwarded {
                     response: finish_response(
-                        response,
-                        sender,
+                        head,
+                        conn,
                         &server.pool,
                         client_upgrade,
                         fwd.request_id,
@@ -170,12 +172,12 @@ pub async fn forward<'u>(
                 let unsent = unsent.or_else(|| {
                     let (method, uri, headers, bytes) = replay.as_ref().filter(|_| reset)?;
                     let body = crate::error::full_body(bytes.clone());
-                    Some(build_request(
+                    Some(Unsent::Request(build_request(
                         method.clone(),
                         uri.clone(),
                         headers.clone(),
                         body,
-                    ))
+                    )))
                 });
                 match unsent {
                     Some(unsent) if tried.len() + 1 < attempts && upstream.try_retry() => {
@@ -263,55 +265,60 @@ fn is_server_failure(error: &GatewayError) -> bool {
 /// Turns the upstream's response into the client's, and decides the connection's fate:
 /// back to the pool when the body ends, into the WebSocket splice on `101`.
 fn finish_response(
-    mut response: Response<Incoming>,
-    sender: Sender,
+    head: Head,
+    conn: Conn,
     pool: &Arc<ServerPool>,
     client_upgrade: Option<OnUpgrade>,
     request_id: &HeaderValue,
     in_flight: InFlight,
 ) -> Response<GatewayBody> {
-    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let Head {
+        response,
+        framing,
+        keep_alive,
+        ..
+    } = head;
+    let (mut parts, ()) = response.into_parts();
+    let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client)) = (switching, client_upgrade) {
-        let upstream = hyper::upgrade::on(&mut response);
-        splice_upgrade(client, upstream, sender, request_id.clone());
+        splice_upgrade(client, conn, request_id.clone());
         // The body of a 101 is empty; the connection now belongs to the splice.
-        let (mut parts, _) = response.into_parts();
         headers::prepare_response(&mut parts.headers, true, request_id);
         return Response::from_parts(parts, body::empty_body());
     }
-    let (mut parts, incoming) = response.into_parts();
     headers::prepare_response(&mut parts.headers, false, request_id);
-    let body = if switching {
-        // An upgrade nobody asked for: the connection cannot be reused.
-        drop(sender);
-        incoming.map_err(Into::into).boxed_unsync()
-    } else if incoming.is_end_stream() {
-        // No body (HEAD, 204, 304, `Content-Length: 0`): the connection is free already.
-        client::release_with(pool, sender);
+    let body = if framing == Framing::Empty {
+        // No body (HEAD, 204, 304, `Content-Length: 0`, or an upgrade nobody asked for,
+        // whose connection is not kept): the connection is free already.
+        h1::release(pool, conn, keep_alive);
         body::empty_body()
     } else {
-        PooledBody::new(incoming, sender, Arc::clone(pool), in_flight).boxed_unsync()
+        ResponseBody::new(conn, framing, keep_alive, Arc::clone(pool), in_flight).boxed_unsync()
     };
     Response::from_parts(parts, body)
 }
 
-/// Joins the client's and the upstream's upgraded connections once both sides switched.
-/// `sender` keeps the upstream connection's request side open until hyper hands it over;
-/// `request_id` names the request in the splice's log lines (it outlives the handler).
-fn splice_upgrade(client: OnUpgrade, upstream: OnUpgrade, sender: Sender, request_id: HeaderValue) {
+/// Joins the client's upgraded connection and the upstream's once the client switched
+/// (bytes the server sent right after its `101` go first). `request_id` names the request
+/// in the splice's log lines (it outlives the handler).
+fn splice_upgrade(client: OnUpgrade, conn: Conn, request_id: HeaderValue) {
     tokio::spawn(async move {
-        let joined = tokio::try_join!(client, upstream);
-        drop(sender);
-        let (client, upstream) = match joined {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(client) => client,
             Err(e) => {
                 tracing::debug!(request_id = %id_str(&request_id), error = %e, "websocket upgrade failed");
                 return;
             }
         };
+        let (mut upstream, early) = conn.into_upgraded();
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        let result = async {
+            if !early.is_empty() {
+                tokio::io::AsyncWriteExt::write_all(&mut client, &early).await?;
+            }
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        };
+        if let Err(e) = result.await {
             tracing::debug!(request_id = %id_str(&request_id), error = %e, "websocket connection ended");
         }
     });

@@ -12,13 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
-
+use super::h1::Conn;
 use crate::config::PoolSettings;
-use crate::error::GatewayBody;
-
-/// The sending half of one HTTP/1.1 connection to an upstream server.
-pub type Sender = SendRequest<GatewayBody>;
 
 /// Shard count for pools built from now on; 0 = one per available core.
 static WORKER_COUNT: AtomicUsize = AtomicUsize::new(0);
@@ -73,7 +68,7 @@ struct Shard(Mutex<VecDeque<Idle>>);
 
 /// Oldest at the front, most recently used at the back.
 struct Idle {
-    sender: Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -87,7 +82,7 @@ impl ServerPool {
     }
 
     /// The most recently used idle connection that can take a request now, if any.
-    pub fn checkout(&self) -> Option<Sender> {
+    pub fn checkout(&self) -> Option<Conn> {
         if self.max_idle == 0 {
             return None;
         }
@@ -96,10 +91,10 @@ impl ServerPool {
             return None;
         }
         let now = Instant::now();
-        // Dropping a sender wakes its connection task; do it after unlocking.
+        // Closing sockets is a system call each: done after unlocking.
         let mut discarded = Vec::new();
         let found = loop {
-            let Some(conn) = idle.pop_back() else {
+            let Some(mut conn) = idle.pop_back() else {
                 break None;
             };
             if now.saturating_duration_since(conn.since) >= self.idle_timeout {
@@ -107,9 +102,9 @@ impl ServerPool {
                 discarded.extend(idle.drain(..));
                 break None;
             }
-            // Not ready = closed (by the server, or after an error) or still busy.
-            if conn.sender.is_ready() {
-                break Some(conn.sender);
+            // Closed by the server, or it sent something unasked.
+            if conn.conn.is_idle_usable() {
+                break Some(conn.conn);
             }
             discarded.push(conn);
         };
@@ -120,8 +115,8 @@ impl ServerPool {
 
     /// Keeps a connection that just finished an exchange and is ready for the next one.
     /// The oldest idle connection makes room when the shard is full; expired ones go first.
-    pub fn put(&self, sender: Sender) {
-        if self.max_idle == 0 || !sender.is_ready() {
+    pub fn put(&self, conn: Conn) {
+        if self.max_idle == 0 {
             return;
         }
         let now = Instant::now();
@@ -134,7 +129,7 @@ impl ServerPool {
             }
             evicted.extend(idle.pop_front());
         }
-        idle.push_back(Idle { sender, since: now });
+        idle.push_back(Idle { conn, since: now });
         drop(idle);
         drop(evicted);
     }
@@ -163,7 +158,7 @@ impl ServerPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper_util::rt::TokioIo;
+    use tokio::net::{TcpListener, TcpStream};
 
     fn settings(max_idle: usize, idle_timeout: Duration) -> PoolSettings {
         PoolSettings {
@@ -172,15 +167,13 @@ mod tests {
         }
     }
 
-    /// A ready sender over an in-memory pipe (the peer end is returned to keep it open).
-    async fn sender() -> (Sender, tokio::io::DuplexStream) {
-        let (ours, theirs) = tokio::io::duplex(1024);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        sender.ready().await.unwrap();
-        (sender, theirs)
+    /// A connection to a loopback listener (the accepted end is returned to keep it open).
+    async fn conn() -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conn = Conn::connect(addr, Duration::from_secs(1)).await.unwrap();
+        let (peer, _) = listener.accept().await.unwrap();
+        (conn, peer)
     }
 
     #[tokio::test]
@@ -188,9 +181,9 @@ mod tests {
         let pool = ServerPool::new(&settings(2, Duration::from_secs(60)));
         let mut peers = Vec::new();
         for _ in 0..3 {
-            let (s, peer) = sender().await;
+            let (c, peer) = conn().await;
             peers.push(peer);
-            pool.put(s);
+            pool.put(c);
         }
         assert_eq!(pool.idle_count(), 2);
         assert!(pool.checkout().is_some());
@@ -201,8 +194,8 @@ mod tests {
     #[tokio::test]
     async fn expired_connections_are_not_handed_out() {
         let pool = ServerPool::new(&settings(8, Duration::from_millis(30)));
-        let (s, _peer) = sender().await;
-        pool.put(s);
+        let (c, _peer) = conn().await;
+        pool.put(c);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(pool.checkout().is_none());
         assert_eq!(pool.idle_count(), 0);
@@ -211,22 +204,33 @@ mod tests {
     #[tokio::test]
     async fn closed_connections_are_skipped() {
         let pool = ServerPool::new(&settings(8, Duration::from_secs(60)));
-        let (live, _live_peer) = sender().await;
+        let (live, _live_peer) = conn().await;
         pool.put(live);
-        let (dead, dead_peer) = sender().await;
+        let (dead, dead_peer) = conn().await;
         pool.put(dead);
         drop(dead_peer);
-        // Let the dead connection's task see the EOF and close.
+        // Let the reactor see the FIN.
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(pool.checkout().is_some());
         assert!(pool.checkout().is_none());
     }
 
     #[tokio::test]
+    async fn connections_with_unasked_bytes_are_skipped() {
+        use tokio::io::AsyncWriteExt;
+        let pool = ServerPool::new(&settings(8, Duration::from_secs(60)));
+        let (chatty, mut peer) = conn().await;
+        pool.put(chatty);
+        peer.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(pool.checkout().is_none());
+    }
+
+    #[tokio::test]
     async fn zero_max_idle_disables_pooling() {
         let pool = ServerPool::new(&settings(0, Duration::from_secs(60)));
-        let (s, _peer) = sender().await;
-        pool.put(s);
+        let (c, _peer) = conn().await;
+        pool.put(c);
         assert_eq!(pool.idle_count(), 0);
         assert!(pool.checkout().is_none());
     }

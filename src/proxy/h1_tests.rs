@@ -1,0 +1,499 @@
+//! The upstream HTTP/1.1 exchange against scripted servers over real loopback sockets: what
+//! goes out on the wire, how each framing is read, and when a connection is pooled.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::config::PoolSettings;
+use crate::error::full_body;
+use crate::proxy::server_state::ServerState;
+
+const STEP: Duration = Duration::from_secs(5);
+
+/// A server that runs `script` on the first connection it accepts.
+async fn scripted<F, Fut>(script: F) -> SocketAddr
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        script(stream).await;
+    });
+    addr
+}
+
+/// Reads one request head (up to its blank line) and returns it.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// Reads until the peer closes.
+async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(STEP, stream.read_to_end(&mut all)).await;
+    all
+}
+
+/// Writes `parts` one by one with a pause between them (so they arrive in separate reads).
+async fn trickle(stream: &mut TcpStream, parts: &[&[u8]]) {
+    for part in parts {
+        stream.write_all(part).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn pool() -> Arc<ServerPool> {
+    Arc::new(ServerPool::new(&PoolSettings {
+        max_idle_per_server: 8,
+        idle_timeout: Duration::from_secs(60),
+    }))
+}
+
+fn in_flight() -> InFlight {
+    let state = Arc::new(ServerState::new(
+        "app",
+        "test",
+        None,
+        true,
+        crate::metrics::ServerMetrics::detached("test"),
+    ));
+    InFlight::new(&state)
+}
+
+fn get(headers: HeaderMap) -> Outgoing {
+    outgoing(Method::GET, headers, full_body(Bytes::new()))
+}
+
+fn outgoing(method: Method, mut headers: HeaderMap, body: GatewayBody) -> Outgoing {
+    headers.insert(http::header::HOST, HeaderValue::from_static("app.test"));
+    Outgoing::new(
+        Vec::new(),
+        &method,
+        &Uri::from_static("/p?q=1"),
+        &headers,
+        body,
+    )
+}
+
+/// A body that yields `parts` as separate frames, then ends.
+fn frames(parts: &[&'static str]) -> GatewayBody {
+    let frames: Vec<Result<http_body::Frame<Bytes>, BoxError>> = parts
+        .iter()
+        .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
+        .collect();
+    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
+/// Sends `out` to `addr`, reads the whole response; returns the head, the body, its
+/// trailers and the pool it went back to (if it did).
+async fn round_trip(
+    addr: SocketAddr,
+    mut out: Outgoing,
+) -> Result<(Head, Bytes, Option<HeaderMap>, Arc<ServerPool>), ExchangeError> {
+    let mut conn = Conn::connect(addr, STEP).await.unwrap();
+    let head = tokio::time::timeout(STEP, conn.exchange(&mut out))
+        .await
+        .expect("exchange hung")?;
+    let pool = pool();
+    let framing = head.framing;
+    let body = ResponseBody::new(
+        conn,
+        framing,
+        head.keep_alive,
+        Arc::clone(&pool),
+        in_flight(),
+    );
+    let collected = tokio::time::timeout(STEP, body.collect())
+        .await
+        .expect("body hung")
+        .expect("body failed");
+    let trailers = collected.trailers().cloned();
+    Ok((head, collected.to_bytes(), trailers, pool))
+}
+
+#[tokio::test]
+async fn request_head_goes_out_with_one_framing() {
+    let seen = Arc::new(Mutex::new(String::new()));
+    let record = Arc::clone(&seen);
+    let addr = scripted(|mut s| async move {
+        let head = read_head(&mut s).await;
+        let mut body = vec![0u8; 7];
+        s.read_exact(&mut body).await.unwrap();
+        *record.lock().unwrap() = head + std::str::from_utf8(&body).unwrap();
+        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+    })
+    .await;
+    let mut headers = HeaderMap::new();
+    headers.append("x-a", HeaderValue::from_static("1"));
+    headers.append("x-a", HeaderValue::from_static("2"));
+    let out = outgoing(Method::POST, headers, full_body("payload"));
+    let (head, body, _, pool) = round_trip(addr, out).await.ok().unwrap();
+    assert_eq!(head.response.status(), StatusCode::NO_CONTENT);
+    assert!(body.is_empty());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        "POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nx-a: 2\r\nhost: app.test\r\n\
+         content-length: 7\r\n\r\npayload"
+    );
+    assert_eq!(pool.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn a_body_of_unknown_length_goes_out_chunked() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let addr = scripted(|mut s| async move {
+        let mut all = read_head(&mut s).await.into_bytes();
+        while !all.ends_with(b"0\r\n\r\n") {
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "request ended early: {all:?}");
+            all.extend_from_slice(&buf[..n]);
+        }
+        *record.lock().unwrap() = all;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+    })
+    .await;
+    let out = outgoing(
+        Method::PUT,
+        HeaderMap::new(),
+        frames(&["abc", "", "0123456789abcdefg"]),
+    );
+    let (_, body, _, _) = round_trip(addr, out).await.ok().unwrap();
+    assert_eq!(body, "ok");
+    let seen = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        seen,
+        "PUT /p?q=1 HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n\
+         3\r\nabc\r\n11\r\n0123456789abcdefg\r\n0\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn a_body_shorter_or_longer_than_its_content_length_is_refused() {
+    for (declared, parts) in [("10", &["abc"][..]), ("2", &["abc"][..])] {
+        let addr = scripted(|mut s| async move {
+            read_to_end(&mut s).await;
+        })
+        .await;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from_static(declared),
+        );
+        let out = outgoing(Method::POST, headers, frames(parts));
+        let Err(error) = round_trip(addr, out).await else {
+            panic!("a {declared}-byte declaration with 3 bytes went through");
+        };
+        assert!(matches!(error.kind, Kind::BodyLength), "{:?}", error.kind);
+    }
+}
+
+#[tokio::test]
+async fn chunked_response_in_small_pieces_with_trailers() {
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        trickle(
+            &mut s,
+            &[
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n",
+                b"x-b: 1\r\n\r\n5",
+                b";ext=1\r",
+                b"\nhello\r\n",
+                b"6\r\n wor",
+                b"ld\r",
+                b"\n0\r\nx-checksum: abc\r\n",
+                b"\r\n",
+            ],
+        )
+        .await;
+        // Keep the connection open: it must be pooled, not waited on.
+        tokio::time::sleep(STEP).await;
+    })
+    .await;
+    let (head, body, trailers, pool) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+    assert_eq!(head.framing, Framing::Chunked);
+    assert_eq!(head.response.headers()["x-b"], "1");
+    assert_eq!(body, "hello world");
+    assert_eq!(trailers.unwrap()["x-checksum"], "abc");
+    assert_eq!(pool.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn content_length_body_across_reads_then_pooled() {
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        trickle(
+            &mut s,
+            &[
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123",
+                b"456",
+                b"789",
+            ],
+        )
+        .await;
+        tokio::time::sleep(STEP).await;
+    })
+    .await;
+    let (head, body, _, pool) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+    assert_eq!(head.framing, Framing::Length(10));
+    assert_eq!(body, "0123456789");
+    assert_eq!(pool.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn interim_responses_are_skipped() {
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        s.write_all(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+              HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(STEP).await;
+    })
+    .await;
+    let (head, body, _, _) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+    assert_eq!(head.response.status(), StatusCode::OK);
+    assert!(head.response.headers().get("link").is_none());
+    assert_eq!(body, "ok");
+}
+
+#[tokio::test]
+async fn head_response_has_no_body_whatever_its_length() {
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(STEP).await;
+    })
+    .await;
+    let out = outgoing(Method::HEAD, HeaderMap::new(), full_body(Bytes::new()));
+    let (head, body, _, pool) = round_trip(addr, out).await.ok().unwrap();
+    assert_eq!(head.framing, Framing::Empty);
+    assert_eq!(head.response.headers()["content-length"], "5000");
+    assert!(body.is_empty());
+    assert_eq!(pool.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn body_until_close_is_read_whole_and_not_pooled() {
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        trickle(&mut s, &[b"HTTP/1.0 200 OK\r\n\r\nno", b" length"]).await;
+    })
+    .await;
+    let (head, body, _, pool) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+    assert_eq!(head.framing, Framing::Close);
+    assert_eq!(body, "no length");
+    assert_eq!(pool.idle_count(), 0);
+}
+
+#[tokio::test]
+async fn connections_that_cannot_be_reused_are_not_pooled() {
+    let answers: [&[u8]; 3] = [
+        b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        // Bytes after the response that nobody asked for.
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
+    ];
+    for answer in answers {
+        let addr = scripted(move |mut s| async move {
+            read_head(&mut s).await;
+            s.write_all(answer).await.unwrap();
+            tokio::time::sleep(STEP).await;
+        })
+        .await;
+        let (_, body, _, pool) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+        assert_eq!(body, "ok");
+        assert_eq!(pool.idle_count(), 0, "{}", String::from_utf8_lossy(answer));
+    }
+    // HTTP/1.0 with keep-alive asked for is kept.
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        s.write_all(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        tokio::time::sleep(STEP).await;
+    })
+    .await;
+    let (_, _, _, pool) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+    assert_eq!(pool.idle_count(), 1);
+}
+
+#[tokio::test]
+async fn ambiguous_or_oversized_response_heads_are_refused() {
+    let many = format!(
+        "HTTP/1.1 200 OK\r\n{}\r\n",
+        "x-h: 1\r\n".repeat(MAX_HEADERS + 1)
+    );
+    let huge = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+    let answers = [
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\ncontent-length: 2, 3\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\ncontent-length: -2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nx-folded: a\r\n b\r\ncontent-length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nbad name: 1\r\n\r\n",
+        "HTTP/1.1 2000 OK\r\n\r\n",
+        "SMTP ready\r\n\r\n",
+        &many,
+        &huge,
+    ];
+    for answer in answers {
+        let bytes = answer.as_bytes().to_vec();
+        let addr = scripted(move |mut s| async move {
+            read_head(&mut s).await;
+            let _ = s.write_all(&bytes).await;
+            tokio::time::sleep(STEP).await;
+        })
+        .await;
+        let Err(error) = round_trip(addr, get(HeaderMap::new())).await else {
+            panic!("accepted: {:.80}", answer);
+        };
+        assert!(
+            matches!(error.kind, Kind::Invalid(_)),
+            "{:.80}: {:?}",
+            answer,
+            error.kind
+        );
+    }
+    // Equal values, repeated or listed, are one length.
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2, 2\r\n\r\nok")
+            .await
+            .unwrap();
+        tokio::time::sleep(STEP).await;
+    })
+    .await;
+    let (_, body, _, _) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+    assert_eq!(body, "ok");
+}
+
+#[tokio::test]
+async fn malformed_chunked_bodies_fail_instead_of_ending() {
+    let bodies: [&[u8]; 4] = [
+        b"5\r\nhelloXX0\r\n\r\n",    // no CRLF after the data
+        b"zz\r\nhello\r\n0\r\n\r\n", // not hex
+        b"5\r\nhel",                 // cut short
+        b"ffffffffffffffffff\r\n",   // overflows
+    ];
+    for chunked in bodies {
+        let addr = scripted(move |mut s| async move {
+            read_head(&mut s).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await;
+            let _ = s.write_all(chunked).await;
+        })
+        .await;
+        let mut conn = Conn::connect(addr, STEP).await.unwrap();
+        let mut out = get(HeaderMap::new());
+        let head = conn.exchange(&mut out).await.ok().unwrap();
+        let body = ResponseBody::new(conn, head.framing, head.keep_alive, pool(), in_flight());
+        let result = tokio::time::timeout(STEP, body.collect()).await.unwrap();
+        assert!(
+            result.is_err(),
+            "{:?} completed",
+            String::from_utf8_lossy(chunked)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_answer_before_the_body_is_through_ends_the_exchange() {
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(STEP).await;
+    })
+    .await;
+    // A streamed body that never ends.
+    let never = StreamBody::new(futures_util::stream::pending::<
+        Result<http_body::Frame<Bytes>, BoxError>,
+    >())
+    .boxed_unsync();
+    let out = outgoing(Method::POST, HeaderMap::new(), never);
+    let (head, _, _, pool) = round_trip(addr, out).await.ok().unwrap();
+    assert_eq!(head.response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(!head.keep_alive);
+    assert_eq!(pool.idle_count(), 0);
+}
+
+#[tokio::test]
+async fn an_upgrade_hands_over_the_socket_with_early_bytes() {
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\nearly")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        s.write_all(&buf).await.unwrap();
+    })
+    .await;
+    let mut conn = Conn::connect(addr, STEP).await.unwrap();
+    let mut out = get(HeaderMap::new());
+    let head = conn.exchange(&mut out).await.ok().unwrap();
+    assert_eq!(head.response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert!(!head.keep_alive);
+    let (mut io, early) = conn.into_upgraded();
+    // The head may have come alone; the rest of "early" follows on the socket.
+    let mut got = early.to_vec();
+    while got.len() < 5 {
+        let mut buf = [0u8; 8];
+        let n = io.read(&mut buf).await.unwrap();
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"early");
+    io.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    io.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+}
+
+#[tokio::test]
+async fn a_reason_phrase_of_its_own_is_kept() {
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(STEP).await;
+    })
+    .await;
+    let (head, _, _, _) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+    let reason = head.response.extensions().get::<hyper::ext::ReasonPhrase>();
+    assert_eq!(reason.map(|r| r.as_bytes()), Some(&b"Fine Thanks"[..]));
+}
