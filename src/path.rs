@@ -58,16 +58,18 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotOriginForm);
     }
-    if !scan(bytes)? && !has_dot_segment(path) {
+    if !scan(bytes)? {
         return Ok(Cow::Borrowed(path));
     }
     rewrite(bytes).map(Cow::Owned)
 }
 
-/// Validates every byte and escape; returns whether some escape must be rewritten
-/// (decoded, or its hex digits upper-cased).
+/// Validates every byte and escape; returns whether the path must be rewritten: some
+/// escape is to be decoded or its hex digits upper-cased, or a segment is `.` or `..`.
+/// (One pass over the bytes: this runs on every request.)
 fn scan(bytes: &[u8]) -> Result<bool, PathError> {
     let mut rewrite = false;
+    let mut segment = 0;
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
@@ -76,13 +78,22 @@ fn scan(bytes: &[u8]) -> Result<bool, PathError> {
                 rewrite |= is_unreserved(value) || !upper;
                 i += 3;
             }
+            b'/' => {
+                rewrite |= is_dot_segment(&bytes[segment..i]);
+                segment = i + 1;
+                i += 1;
+            }
             b => {
                 check_literal(b)?;
                 i += 1;
             }
         }
     }
-    Ok(rewrite)
+    Ok(rewrite || is_dot_segment(&bytes[segment..]))
+}
+
+fn is_dot_segment(segment: &[u8]) -> bool {
+    matches!(segment, b"." | b"..")
 }
 
 /// The slow path: decode and resolve dot-segments in one pass over the segments.
@@ -192,10 +203,6 @@ fn check_literal(b: u8) -> Result<(), PathError> {
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
-}
-
-fn has_dot_segment(path: &str) -> bool {
-    path.split('/').skip(1).any(|s| s == "." || s == "..")
 }
 
 #[cfg(test)]
