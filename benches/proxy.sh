@@ -4,6 +4,7 @@
 #   benches/proxy.sh                       # defaults: DURATION=10s ROUNDS=3 WORKERS=1
 #   DURATION=5s ROUNDS=1 benches/proxy.sh  # quick smoke run
 #   NGINX_ONLY=1 benches/proxy.sh          # skip the gateway (tests the harness itself)
+#   H2=0 benches/proxy.sh                  # skip the HTTP/2 scenario (h2load)
 #
 # Everything listens on and talks to 127.0.0.1 only. See benches/README.md.
 set -euo pipefail
@@ -22,6 +23,9 @@ SKIP_BUILD="${SKIP_BUILD:-0}"     # 1 = use the existing target/release/gateway
 PIN="${PIN:-auto}"                # auto|1|0: taskset upstream/wrk/proxies onto separate CPUs
 KEEP_TMP="${KEEP_TMP:-0}"         # 1 = keep the temp dir (configs, logs, raw wrk output)
 OUT_DIR="${OUT_DIR:-}"            # if set: copy raw wrk output, results.tsv and report.md there
+H2="${H2:-1}"                     # 1 = also HTTP/2 over TLS with h2load (Debian's nghttp2-client)
+H2_CONNS="${H2_CONNS:-16}"        # h2load -c: connections ...
+H2_STREAMS="${H2_STREAMS:-4}"     # ... and -m streams each (16 x 4 = wrk's 64 in flight)
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 GATEWAY_BIN="${GATEWAY_BIN:-$ROOT/target/release/gateway}"
@@ -36,7 +40,8 @@ die() { printf '[bench] ERROR: %s\n' "$*" >&2; exit 1; }
 # ---------------------------------------------------------------- tools
 source "$ROOT/benches/lib.sh"
 nginx_tool=(); [[ -x "$NGINX_BIN" ]] || nginx_tool=(nginx=nginx-light)
-need_tools "${nginx_tool[@]}" wrk=wrk openssl=openssl python3=python3 curl=curl pgrep=procps
+h2_tool=(); [[ "$H2" != 1 ]] || h2_tool=(h2load=nghttp2-client)
+need_tools "${nginx_tool[@]}" "${h2_tool[@]}" wrk=wrk openssl=openssl python3=python3 curl=curl pgrep=procps
 [[ -x "$NGINX_BIN" ]] || NGINX_BIN="$(command -v nginx)"
 
 # 1,000 keep-alive connections need > 2,000 fds in the proxy (client + upstream side)
@@ -314,6 +319,44 @@ EOF
   log "$(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-8s %-6s round %s: %10s req/s  p99 %8s ms  cpu %6s us/req  (non-2xx %s, socket errors %s)", $1,$2,$3,$4,$5,$6,$8,$9}')"
 }
 
+# run_bg_h2load OUTFILE ARGS... : h2load in the background + wait (as run_bg_wrk)
+run_bg_h2load() { local out="$1"; shift; run_bg "$out" "${TS_WRK[@]}" h2load "$@"; }
+
+# run_h2load PROXY ROUND URL DURATION -> appends a TSV row unless ROUND=warmup. HTTP/2 over
+# TLS (ALPN h2): H2_CONNS connections with H2_STREAMS concurrent streams each; p99 from
+# h2load's per-request log (h2load itself prints no percentiles).
+run_h2load() {
+  local proxy="$1" round="$2" url="$3" dur="${4%s}"
+  local out="$TMP/h2load-$proxy-$round.txt" reqlog="$TMP/h2load-$proxy-$round.log" pids c0 c1
+  pids="$(pids_of "$proxy")"
+  # shellcheck disable=SC2086
+  c0="$(cpu_ticks $pids)"
+  run_bg_h2load "$out" -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D"$dur" --log-file="$reqlog" "$url" \
+    || { cat "$out" >&2; die "h2load failed against $proxy ($url)"; }
+  # shellcheck disable=SC2086
+  c1="$(cpu_ticks $pids)"
+  grep -q 'Application protocol: h2' "$out" || { cat "$out" >&2; die "$proxy did not negotiate h2"; }
+  [[ "$round" == warmup ]] && { rm -f "$reqlog"; return 0; }
+  python3 - "$out" "$reqlog" "$proxy" "$round" "$((c1 - c0))" "$CLK_TCK" >>"$RESULTS" <<'EOF'
+import re, sys
+path, reqlog, proxy, rnd, ticks, hz = sys.argv[1:]
+text = open(path).read()
+m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", text)
+rps = float(m.group(1)) if m else float("nan")
+m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", text)
+done, ok, failed, errored, timeout = map(int, m.groups()) if m else (0, 0, 0, 0, 0)
+m = re.search(r"status codes: (\d+) 2xx", text)
+non2xx = done - int(m.group(1)) if m else 0
+durations = sorted(int(l.split("\t")[2]) for l in open(reqlog) if l.count("\t") >= 2)
+p99_ms = durations[min(len(durations) - 1, int(len(durations) * 0.99))] / 1000 if durations else float("nan")
+cpu_s = int(ticks) / int(hz)
+us_per_req = cpu_s * 1e6 / done if done else float("nan")
+print(f"{proxy}\th2\t{rnd}\t{rps:.1f}\t{p99_ms:.3f}\t{us_per_req:.2f}\t{done}\t{non2xx}\t{failed + errored + timeout}\t{cpu_s:.2f}")
+EOF
+  rm -f "$reqlog"
+  log "$(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-8s %-6s round %s: %10s req/s  p99 %8s ms  cpu %6s us/req  (non-2xx %s, errors %s)", $1,$2,$3,$4,$5,$6,$8,$9}')"
+}
+
 vm_hwm_kb() {  # sum of VmHWM over pids
   local total=0 pid v
   for pid in "$@"; do
@@ -366,6 +409,18 @@ for scen in http https; do
   done
 done
 
+if [[ "$H2" == 1 ]]; then
+  for p in "${PROXIES[@]}"; do
+    log "warm-up $p h2 ($WARMUP)"
+    run_h2load "$p" warmup "$(url_for "$p" https)" "$WARMUP"
+  done
+  for ((r=1; r<=ROUNDS; r++)); do
+    for p in "${PROXIES[@]}"; do
+      run_h2load "$p" "$r" "$(url_for "$p" https)" "$DURATION"
+    done
+  done
+fi
+
 # ---------------------------------------------------------------- peak RSS with many connections
 RSS_FILE="$TMP/rss.tsv"; : >"$RSS_FILE"
 if [[ "$SKIP_RSS" != 1 ]]; then
@@ -390,7 +445,7 @@ if [[ "$SKIP_RSS" != 1 ]]; then
 fi
 
 # ---------------------------------------------------------------- report
-B_WORKERS="$WORKERS" B_CONNS="$CONNS" B_DURATION="$DURATION" B_ROUNDS="$ROUNDS" B_PIN="$PIN" \
+B_H2="$H2_CONNS x $H2_STREAMS" B_WORKERS="$WORKERS" B_CONNS="$CONNS" B_DURATION="$DURATION" B_ROUNDS="$ROUNDS" B_PIN="$PIN" \
 B_NCPU="$NCPU" B_NGINX_VER="$NGINX_VER" B_RSS_CONNS="$RSS_CONNS" B_RSS_DURATION="$RSS_DURATION" \
 python3 - "$RESULTS" "$RSS_FILE" >"$TMP/report.md" <<'EOF'
 import math, os, statistics, sys
@@ -414,9 +469,10 @@ print(f"Proxy: gateway vs nginx  (WORKERS={E['B_WORKERS']}, wrk -t1 -c{E['B_CONN
 print()
 print("| scenario | gateway req/s | nginx req/s | ratio | gateway p99 ms | nginx p99 ms | ratio | gateway CPU us/req | nginx CPU us/req | ratio |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-names = {"http": "HTTP/1.1 keep-alive", "https": "HTTPS (TLS, HTTP/1.1) keep-alive"}
+names = {"http": "HTTP/1.1 keep-alive", "https": "HTTPS (TLS, HTTP/1.1) keep-alive",
+         "h2": f"HTTP/2 over TLS (h2load, {E['B_H2']} streams)"}
 warn = []
-for scen in ("http", "https"):
+for scen in [s for s in ("http", "https", "h2") if any(r[1] == s for r in rows)]:
     g = [med("gateway", scen, c) for c in (3, 4, 5)]
     n = [med("nginx", scen, c) for c in (3, 4, 5)]
     cells = []
@@ -458,5 +514,6 @@ cat "$TMP/report.md"
 if [[ -n "$OUT_DIR" ]]; then
   mkdir -p "$OUT_DIR"
   cp "$TMP"/wrk-*.txt "$RESULTS" "$RSS_FILE" "$TMP/report.md" "$OUT_DIR"/
+  cp "$TMP"/h2load-*.txt "$OUT_DIR"/ 2>/dev/null || true
   log "raw results copied to $OUT_DIR"
 fi
