@@ -283,10 +283,9 @@ impl Outgoing {
         let mut declared = None;
         for (name, value) in headers {
             if name == CONTENT_LENGTH {
-                if declared.is_some() {
-                    continue; // one Content-Length goes out
-                }
-                declared = Some(parse_length(value.as_bytes()).unwrap_or(0));
+                // Written once below, as plain digits (never a client's `5, 5`).
+                declared = declared.or_else(|| parse_length(value.as_bytes()));
+                continue;
             }
             scratch.extend_from_slice(name.as_str().as_bytes());
             scratch.extend_from_slice(b": ");
@@ -295,9 +294,8 @@ impl Outgoing {
         }
         let ended = body.is_end_stream();
         let framing = match (declared, body.size_hint().exact()) {
-            (Some(len), _) => RequestFraming::Length(len),
             (None, _) if ended => RequestFraming::Length(0),
-            (None, Some(len)) => {
+            (Some(len), _) | (None, Some(len)) => {
                 scratch.extend_from_slice(b"content-length: ");
                 push_decimal(&mut scratch, len);
                 scratch.extend_from_slice(b"\r\n");

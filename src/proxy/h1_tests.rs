@@ -162,6 +162,34 @@ async fn request_head_goes_out_with_one_framing() {
 }
 
 #[tokio::test]
+async fn content_length_goes_out_once_as_plain_digits() {
+    let seen = Arc::new(Mutex::new(String::new()));
+    let record = Arc::clone(&seen);
+    let addr = scripted(|mut s| async move {
+        let head = read_head(&mut s).await;
+        let mut body = [0u8; 5];
+        s.read_exact(&mut body).await.unwrap();
+        *record.lock().unwrap() = head;
+        s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+    })
+    .await;
+    let mut headers = HeaderMap::new();
+    headers.append(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from_static("5, 5"),
+    );
+    headers.append(http::header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+    let out = outgoing(Method::PUT, headers, frames(&["he", "llo"]));
+    round_trip(addr, out).await.ok().unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        "PUT /p?q=1 HTTP/1.1\r\nhost: app.test\r\ncontent-length: 5\r\n\r\n"
+    );
+}
+
+#[tokio::test]
 async fn a_body_of_unknown_length_goes_out_chunked() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let record = Arc::clone(&seen);
