@@ -44,8 +44,12 @@ pub const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Room made in the read buffer before a read of a head.
 const HEAD_READ: usize = 8 * 1024;
-/// Most bytes read at once for a response body.
-const BODY_READ: usize = 64 * 1024;
+/// Reads of a response body start at this size, double while they come back full, and
+/// halve while they come back mostly empty, between [`HEAD_READ`] and [`MAX_BODY_READ`] (as
+/// hyper's adaptive reads do: a large download moves in few system calls, a trickle does
+/// not hold large buffers).
+const BODY_READ: usize = 16 * 1024;
+const MAX_BODY_READ: usize = 256 * 1024;
 /// A pooled connection keeps at most this much read buffer while idle.
 const IDLE_BUFFER: usize = 16 * 1024;
 
@@ -663,12 +667,25 @@ pub fn release(pool: &ServerPool, mut conn: Conn, keep_alive: bool) {
     pool.put(conn);
 }
 
+/// The size of the read after one of `current` bytes returned `n`: see [`BODY_READ`].
+fn next_read_size(current: usize, n: usize) -> usize {
+    if n >= current {
+        (current * 2).min(MAX_BODY_READ)
+    } else if n > 0 && n < current / 4 {
+        (current / 2).max(HEAD_READ)
+    } else {
+        current
+    }
+}
+
 /// A response body read from its connection; the connection goes back to the pool when
 /// the body has been read to its end (dropped early, the connection is closed). It keeps
 /// its request counted in flight at the server until it is dropped.
 pub struct ResponseBody {
     conn: Option<Conn>,
     state: BodyState,
+    /// The next read's size (see [`BODY_READ`]).
+    read_size: usize,
     pool: Arc<ServerPool>,
     keep_alive: bool,
     _in_flight: InFlight,
@@ -706,6 +723,7 @@ impl ResponseBody {
         let mut body = ResponseBody {
             conn: Some(conn),
             state,
+            read_size: BODY_READ,
             pool,
             keep_alive,
             _in_flight: in_flight,
@@ -848,12 +866,16 @@ impl Body for ResponseBody {
             // More bytes are needed.
             let room = match this.state {
                 BodyState::Length(due) | BodyState::ChunkData(due) => usize::try_from(due)
-                    .unwrap_or(BODY_READ)
-                    .clamp(HEAD_READ, BODY_READ),
-                BodyState::Close => BODY_READ,
+                    .unwrap_or(usize::MAX)
+                    .clamp(HEAD_READ, this.read_size),
+                BodyState::Close => this.read_size,
                 _ => HEAD_READ,
             };
-            match ready!(poll_fill(&mut conn.io, &mut conn.buf, cx, room)) {
+            let read = ready!(poll_fill(&mut conn.io, &mut conn.buf, cx, room));
+            if let Ok(n) = read {
+                this.read_size = next_read_size(this.read_size, n);
+            }
+            match read {
                 Ok(0) if matches!(this.state, BodyState::Close) => {
                     this.state = BodyState::Done;
                     this.conn = None;

@@ -525,3 +525,36 @@ async fn a_reason_phrase_of_its_own_is_kept() {
     let reason = head.response.extensions().get::<hyper::ext::ReasonPhrase>();
     assert_eq!(reason.map(|r| r.as_bytes()), Some(&b"Fine Thanks"[..]));
 }
+
+#[test]
+fn body_reads_grow_while_full_and_shrink_while_mostly_empty() {
+    let mut size = BODY_READ;
+    for _ in 0..10 {
+        size = next_read_size(size, size);
+    }
+    assert_eq!(size, MAX_BODY_READ);
+    assert_eq!(next_read_size(size, size / 2), size, "half full: kept");
+    for _ in 0..10 {
+        size = next_read_size(size, 100);
+    }
+    assert_eq!(size, HEAD_READ);
+    assert_eq!(next_read_size(size, 0), size, "end of stream: kept");
+}
+
+#[tokio::test]
+async fn a_large_body_arrives_whole_through_growing_reads() {
+    const LEN: usize = 3 * 1024 * 1024 + 17;
+    let addr = scripted(|mut s| async move {
+        read_head(&mut s).await;
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let body: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        s.write_all(&body).await.unwrap();
+        tokio::time::sleep(STEP).await;
+    })
+    .await;
+    let (_, body, _, pool) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+    assert_eq!(body.len(), LEN);
+    assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    assert_eq!(pool.idle_count(), 1);
+}
