@@ -679,6 +679,21 @@ fn check_upstream_upgrade_head(head: &str, proto: &str) {
 }
 
 #[tokio::test]
+async fn an_upgrade_the_client_did_not_ask_for_is_a_502() {
+    let (up, _) = websocket_echo_upstream().await;
+    let gw = TestGateway::start(&simple_yaml(up, "", "")).await;
+    let tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let res = exchange_on_stream(
+        tcp,
+        "GET /ws HTTP/1.1\r\nHost: chat.test\r\nConnection: close\r\n\r\n",
+        STEP,
+    )
+    .await;
+    assert_eq!(status_of(&res), 502, "{res}");
+    assert!(res.contains("upstream_failed"), "{res}");
+}
+
+#[tokio::test]
 async fn websocket_upgrade_is_passed_through_plain_and_tls() {
     let ca = TestCa::new();
     let (c, k, _) = ca.issue("chat", &["chat.test"]);

@@ -145,6 +145,17 @@ pub async fn forward<'u>(
         let in_flight = InFlight::new(&server.state);
         match client::send(server, request, &limits).await {
             Ok((head, conn)) => {
+                if head.response.status() == StatusCode::SWITCHING_PROTOCOLS
+                    && client_upgrade.is_none()
+                {
+                    // Only an upgrade the client asked for can be passed on: anything else
+                    // would hand the client a connection in a protocol it never chose.
+                    server.state.record_failure();
+                    return Err(GatewayError::UpstreamFailed {
+                        server: server.label.clone(),
+                        source: "upstream switched protocols unasked".into(),
+                    });
+                }
                 if head.response.status().is_server_error() {
                     server.state.record_failure();
                 } else {
@@ -288,8 +299,7 @@ fn finish_response(
     }
     headers::prepare_response(&mut parts.headers, false, request_id);
     let body = if framing == Framing::Empty {
-        // No body (HEAD, 204, 304, `Content-Length: 0`, or an upgrade nobody asked for,
-        // whose connection is not kept): the connection is free already.
+        // No body (HEAD, 204, 304, `Content-Length: 0`): the connection is free already.
         h1::release(pool, conn, keep_alive);
         body::empty_body()
     } else {
