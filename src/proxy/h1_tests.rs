@@ -558,3 +558,98 @@ async fn a_large_body_arrives_whole_through_growing_reads() {
     assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
     assert_eq!(pool.idle_count(), 1);
 }
+
+/// Random chunked bodies (sizes, extensions, trailers) written in random pieces: every one
+/// reassembles to its bytes, and the connection is pooled after each.
+#[tokio::test]
+async fn random_chunked_bodies_reassemble() {
+    let mut rng = fastrand::Rng::with_seed(5);
+    for round in 0..40 {
+        let body: Vec<u8> = (0..rng.usize(0..20_000)).map(|_| rng.u8(..)).collect();
+        let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        let mut at = 0;
+        while at < body.len() {
+            let n = rng.usize(1..=(body.len() - at).min(5000));
+            let ext = if rng.bool() { ";a=b" } else { "" };
+            let size = if rng.bool() {
+                format!("{n:x}")
+            } else {
+                format!("{n:X}")
+            };
+            wire.extend_from_slice(format!("{size}{ext}\r\n").as_bytes());
+            wire.extend_from_slice(&body[at..at + n]);
+            wire.extend_from_slice(b"\r\n");
+            at += n;
+        }
+        wire.extend_from_slice(b"0\r\n");
+        if rng.bool() {
+            wire.extend_from_slice(b"x-t: 1\r\n");
+        }
+        wire.extend_from_slice(b"\r\n");
+        let cuts: Vec<usize> = {
+            let mut c: Vec<usize> = (0..rng.usize(0..8))
+                .map(|_| rng.usize(0..wire.len()))
+                .collect();
+            c.sort_unstable();
+            c
+        };
+        let addr = scripted(move |mut s| async move {
+            read_head(&mut s).await;
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([wire.len()]) {
+                s.write_all(&wire[from..cut]).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::task::yield_now().await;
+                from = cut;
+            }
+            tokio::time::sleep(STEP).await;
+        })
+        .await;
+        let (_, got, _, pool) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
+        assert_eq!(got.len(), body.len(), "round {round}");
+        assert!(got == body, "round {round}: bytes differ");
+        assert_eq!(pool.idle_count(), 1, "round {round}");
+    }
+}
+
+/// Random bytes in place of a response: the exchange ends (answer or error) within the
+/// time limit and never panics; whatever it accepts has a status and a framing.
+#[tokio::test]
+async fn random_response_bytes_never_panic_or_hang() {
+    let mut rng = fastrand::Rng::with_seed(11);
+    let alphabet = b"HTP/1.0 2345:\r\n\tabcxyz-;,chunkedtransfer-encodingcontent-length";
+    for round in 0..60 {
+        let mut wire = if rng.bool() {
+            b"HTTP/1.1 200 OK\r\n".to_vec()
+        } else {
+            Vec::new()
+        };
+        for _ in 0..rng.usize(0..300) {
+            wire.push(if rng.u8(..) < 200 {
+                alphabet[rng.usize(..alphabet.len())]
+            } else {
+                rng.u8(..)
+            });
+        }
+        if rng.bool() {
+            wire.extend_from_slice(b"\r\n\r\n");
+        }
+        let addr = scripted(move |mut s| async move {
+            read_head(&mut s).await;
+            let _ = s.write_all(&wire).await;
+            // Close: a response that needs more bytes must end as an error, not hang.
+        })
+        .await;
+        let mut conn = Conn::connect(addr, STEP).await.unwrap();
+        let mut out = get(HeaderMap::new());
+        let exchanged = tokio::time::timeout(STEP, conn.exchange(&mut out))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: exchange hung"));
+        if let Ok(head) = exchanged {
+            let body = ResponseBody::new(conn, head.framing, head.keep_alive, pool(), in_flight());
+            let _ = tokio::time::timeout(STEP, body.collect())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: body hung"));
+        }
+    }
+}
