@@ -10,10 +10,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,66 +23,6 @@ const CONCURRENCY: usize = 16;
 const KILL_AT: usize = 500;
 /// Give-up time for the load, whatever its request count.
 const LOAD_DEADLINE: Duration = Duration::from_secs(90);
-
-/// One Gunicorn instance (master + workers) in its own process group.
-struct Gunicorn {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Gunicorn {
-    fn spawn(addr: SocketAddr, db: &std::path::Path) -> Gunicorn {
-        let child = Command::new("python3")
-            .args(["-m", "gunicorn", "-w", "2", "-b", &addr.to_string()])
-            .arg("demo.wsgi:application")
-            .current_dir(app_dir())
-            .env("DEMO_DB", db)
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gunicorn starts");
-        Gunicorn { child, addr }
-    }
-
-    /// SIGKILL to the whole group: the master cannot reap or replace its workers.
-    fn kill_group(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &group])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Gunicorn {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.kill_group();
-        }
-    }
-}
-
-fn app_dir() -> PathBuf {
-    django_app_dir()
-}
-
-/// Waits until the instance's workers answer `GET /healthz` directly.
-async fn wait_ready(client: &reqwest::Client, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let res = client.get(format!("http://{addr}/healthz")).send().await;
-        if res.is_ok_and(|r| r.status() == 200) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gunicorn did not answer on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// Each server's `requests` from the admin `/upstreams`, in configuration order.
 async fn server_requests(gw: &TestGateway) -> Vec<u64> {
@@ -114,11 +50,10 @@ async fn killing_one_gunicorn_under_load_fails_no_request() {
     let db = tmp.path().join("db.sqlite3");
     let mut apps = Vec::new();
     for _ in 0..3 {
-        apps.push(Gunicorn::spawn(closed_port().await, &db));
+        apps.push(Gunicorn::spawn(closed_port().await, &db, &["-w", "2"]));
     }
-    let direct = reqwest::Client::new();
     for app in &apps {
-        wait_ready(&direct, app.addr).await;
+        app.wait_ready().await;
     }
 
     let servers: Vec<String> = apps.iter().map(|a| format!("\"{}\"", a.addr)).collect();

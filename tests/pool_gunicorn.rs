@@ -16,10 +16,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -30,62 +27,6 @@ const PER_CLIENT: usize = 5;
 /// second), so some pooled connections are closed just as they are reused.
 const PAUSES_MS: [u64; 8] = [900, 1000, 1100, 1250, 1500, 1750, 2000, 2500];
 
-struct Gunicorn(Child);
-
-impl Drop for Gunicorn {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.0.id());
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &group])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_gunicorn(addr: SocketAddr, db: &std::path::Path, log: &std::path::Path) -> Gunicorn {
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "gunicorn",
-            "-w",
-            "1",
-            "-k",
-            "gthread",
-            "--threads",
-            "4",
-        ])
-        .args(["--keep-alive", "1", "-b", &addr.to_string()])
-        .arg("--access-logfile")
-        .arg(log)
-        .args(["--access-logformat", "%({REMOTE_PORT}e)s %(s)s"])
-        .arg("demo.wsgi:application")
-        .current_dir(django_app_dir())
-        .env("DEMO_DB", db)
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("gunicorn starts");
-    Gunicorn(child)
-}
-
-async fn wait_ready(addr: SocketAddr) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let res = client.get(format!("http://{addr}/healthz")).send().await;
-        if res.is_ok_and(|r| r.status() == 200) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gunicorn did not answer on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gunicorn_closing_idle_keep_alive_connections_fails_no_request() {
     if !django_stack(&["django", "rest_framework_simplejwt", "gunicorn"]) {
@@ -94,8 +35,29 @@ async fn gunicorn_closing_idle_keep_alive_connections_fails_no_request() {
     let tmp = tempfile::tempdir().unwrap();
     let log = tmp.path().join("access.log");
     let addr = closed_port().await;
-    let _gunicorn = spawn_gunicorn(addr, &tmp.path().join("db.sqlite3"), &log);
-    wait_ready(addr).await;
+    let log_path = log.to_str().unwrap();
+    let threaded = [
+        "-w",
+        "1",
+        "-k",
+        "gthread",
+        "--threads",
+        "4",
+        "--keep-alive",
+        "1",
+    ];
+    let access_log = [
+        "--access-logfile",
+        log_path,
+        "--access-logformat",
+        "%({REMOTE_PORT}e)s %(s)s",
+    ];
+    let gunicorn = Gunicorn::spawn(
+        addr,
+        &tmp.path().join("db.sqlite3"),
+        &[&threaded[..], &access_log].concat(),
+    );
+    gunicorn.wait_ready().await;
     let readiness_lines = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()

@@ -214,6 +214,13 @@ mod tests {
         body.collect().await.unwrap().to_bytes()
     }
 
+    /// Sends a bodiless GET to `server` and reads the whole answer.
+    async fn get_body(server: &Server) -> bytes::Bytes {
+        let request = Unsent::Request(request(http::Method::GET, ""));
+        let (head, conn) = send(server, request, &limits()).await.ok().unwrap();
+        read_body(server, head, conn).await
+    }
+
     /// An upstream whose first connection answers its first request and then closes when
     /// the next request arrives without answering it (a keep-alive ending just then);
     /// later connections answer `fresh`. Returns the address and the number of requests
@@ -260,25 +267,9 @@ mod tests {
     async fn pooled_connection_closing_as_a_get_goes_out_is_replaced() {
         let (addr, seen) = closing_upstream().await;
         let server = server(addr);
-        let (head, conn) = send(
-            &server,
-            Unsent::Request(request(http::Method::GET, "")),
-            &limits(),
-        )
-        .await
-        .ok()
-        .unwrap();
-        assert_eq!(read_body(&server, head, conn).await, "first");
+        assert_eq!(get_body(&server).await, "first");
         assert_eq!(server.pool.idle_count(), 1);
-        let (head, conn) = send(
-            &server,
-            Unsent::Request(request(http::Method::GET, "")),
-            &limits(),
-        )
-        .await
-        .ok()
-        .unwrap();
-        assert_eq!(read_body(&server, head, conn).await, "fresh");
+        assert_eq!(get_body(&server).await, "fresh");
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
         assert_eq!(server.pool.idle_count(), 1);
     }
@@ -287,15 +278,7 @@ mod tests {
     async fn a_post_is_never_sent_twice() {
         let (addr, seen) = closing_upstream().await;
         let server = server(addr);
-        let (head, conn) = send(
-            &server,
-            Unsent::Request(request(http::Method::GET, "")),
-            &limits(),
-        )
-        .await
-        .ok()
-        .unwrap();
-        assert_eq!(read_body(&server, head, conn).await, "first");
+        assert_eq!(get_body(&server).await, "first");
         let Err(failure) = send(
             &server,
             Unsent::Request(request(http::Method::POST, "payload")),

@@ -226,18 +226,6 @@ impl ExchangeError {
     }
 }
 
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Kind::Io(e) => write!(f, "{e}"),
-            Kind::Closed => f.write_str("connection closed"),
-            Kind::Body(e) => write!(f, "request body: {e}"),
-            Kind::BodyLength => f.write_str("request body did not match its Content-Length"),
-            Kind::Invalid(message) => f.write_str(message),
-        }
-    }
-}
-
 /// A request on its way out: its encoded head, then its body in the chosen framing.
 pub struct Outgoing {
     head: Vec<u8>,

@@ -34,6 +34,18 @@ where
     addr
 }
 
+/// A server that answers the first request with `answer`, then keeps the connection open
+/// (whether it is reused is the client's decision).
+async fn answering(answer: &[u8]) -> SocketAddr {
+    let answer = answer.to_vec();
+    scripted(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(&answer).await;
+        tokio::time::sleep(STEP).await;
+    })
+    .await
+}
+
 /// Reads one request head (up to its blank line) and returns it.
 async fn read_head(stream: &mut TcpStream) -> String {
     let mut head = Vec::new();
@@ -296,16 +308,10 @@ async fn content_length_body_across_reads_then_pooled() {
 
 #[tokio::test]
 async fn interim_responses_are_skipped() {
-    let addr = scripted(|mut s| async move {
-        read_head(&mut s).await;
-        s.write_all(
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+    let addr = answering(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
               HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-        )
-        .await
-        .unwrap();
-        tokio::time::sleep(STEP).await;
-    })
+    )
     .await;
     let (head, body, _, _) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
     assert_eq!(head.response.status(), StatusCode::OK);
@@ -315,14 +321,7 @@ async fn interim_responses_are_skipped() {
 
 #[tokio::test]
 async fn head_response_has_no_body_whatever_its_length() {
-    let addr = scripted(|mut s| async move {
-        read_head(&mut s).await;
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(STEP).await;
-    })
-    .await;
+    let addr = answering(b"HTTP/1.1 200 OK\r\ncontent-length: 5000\r\n\r\n").await;
     let out = outgoing(Method::HEAD, HeaderMap::new(), full_body(Bytes::new()));
     let (head, body, _, pool) = round_trip(addr, out).await.ok().unwrap();
     assert_eq!(head.framing, Framing::Empty);
@@ -353,25 +352,15 @@ async fn connections_that_cannot_be_reused_are_not_pooled() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",
     ];
     for answer in answers {
-        let addr = scripted(move |mut s| async move {
-            read_head(&mut s).await;
-            s.write_all(answer).await.unwrap();
-            tokio::time::sleep(STEP).await;
-        })
-        .await;
+        let addr = answering(answer).await;
         let (_, body, _, pool) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
         assert_eq!(body, "ok");
         assert_eq!(pool.idle_count(), 0, "{}", String::from_utf8_lossy(answer));
     }
     // HTTP/1.0 with keep-alive asked for is kept.
-    let addr = scripted(|mut s| async move {
-        read_head(&mut s).await;
-        s.write_all(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok")
-            .await
-            .unwrap();
-        tokio::time::sleep(STEP).await;
-    })
-    .await;
+    let addr =
+        answering(b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok")
+            .await;
     let (_, _, _, pool) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
     assert_eq!(pool.idle_count(), 1);
 }
@@ -397,13 +386,7 @@ async fn ambiguous_or_oversized_response_heads_are_refused() {
         &huge,
     ];
     for answer in answers {
-        let bytes = answer.as_bytes().to_vec();
-        let addr = scripted(move |mut s| async move {
-            read_head(&mut s).await;
-            let _ = s.write_all(&bytes).await;
-            tokio::time::sleep(STEP).await;
-        })
-        .await;
+        let addr = answering(answer.as_bytes()).await;
         let Err(error) = round_trip(addr, get(HeaderMap::new())).await else {
             panic!("accepted: {:.80}", answer);
         };
@@ -415,14 +398,8 @@ async fn ambiguous_or_oversized_response_heads_are_refused() {
         );
     }
     // Equal values, repeated or listed, are one length.
-    let addr = scripted(|mut s| async move {
-        read_head(&mut s).await;
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2, 2\r\n\r\nok")
-            .await
-            .unwrap();
-        tokio::time::sleep(STEP).await;
-    })
-    .await;
+    let addr =
+        answering(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2, 2\r\n\r\nok").await;
     let (_, body, _, _) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
     assert_eq!(body, "ok");
 }
@@ -459,14 +436,7 @@ async fn malformed_chunked_bodies_fail_instead_of_ending() {
 
 #[tokio::test]
 async fn an_answer_before_the_body_is_through_ends_the_exchange() {
-    let addr = scripted(|mut s| async move {
-        read_head(&mut s).await;
-        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(STEP).await;
-    })
-    .await;
+    let addr = answering(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n").await;
     // A streamed body that never ends.
     let never = StreamBody::new(futures_util::stream::pending::<
         Result<http_body::Frame<Bytes>, BoxError>,
@@ -513,14 +483,7 @@ async fn an_upgrade_hands_over_the_socket_with_early_bytes() {
 
 #[tokio::test]
 async fn a_reason_phrase_of_its_own_is_kept() {
-    let addr = scripted(|mut s| async move {
-        read_head(&mut s).await;
-        s.write_all(b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(STEP).await;
-    })
-    .await;
+    let addr = answering(b"HTTP/1.1 200 Fine Thanks\r\ncontent-length: 0\r\n\r\n").await;
     let (head, _, _, _) = round_trip(addr, get(HeaderMap::new())).await.ok().unwrap();
     let reason = head.response.extensions().get::<hyper::ext::ReasonPhrase>();
     assert_eq!(reason.map(|r| r.as_bytes()), Some(&b"Fine Thanks"[..]));

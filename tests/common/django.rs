@@ -2,8 +2,11 @@
 //! installed. Tests that need it skip without it, except under CI (`CI` set), where a missing
 //! stack is a failure: `.ci/run` installs it.
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// tests/django_app, the Django + DRF + simplejwt + WhiteNoise project the tests run.
 pub fn django_app_dir() -> PathBuf {
@@ -30,4 +33,68 @@ pub fn django_stack(modules: &[&str]) -> bool {
         eprintln!("SKIPPED: Python modules {modules:?} not installed ({hint})");
     }
     found
+}
+
+/// One Gunicorn instance of the test app (master + workers) in its own process group, bound
+/// to `addr`, its database at `db`; `options` go before the app (worker count, class, logs).
+/// Dropped, it is killed with its whole group.
+pub struct Gunicorn {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Gunicorn {
+    pub fn spawn(addr: SocketAddr, db: &Path, options: &[&str]) -> Gunicorn {
+        let child = Command::new("python3")
+            .args(["-m", "gunicorn", "-b", &addr.to_string()])
+            .args(options)
+            .arg("demo.wsgi:application")
+            .current_dir(django_app_dir())
+            .env("DEMO_DB", db)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gunicorn starts");
+        Gunicorn { child, addr }
+    }
+
+    /// SIGKILL to the whole group: the master cannot reap or replace its workers.
+    pub fn kill_group(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Waits until the instance's workers answer `GET /healthz` directly.
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let res = client
+                .get(format!("http://{}/healthz", self.addr))
+                .send()
+                .await;
+            if res.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gunicorn did not answer on {}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Gunicorn {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill_group();
+        }
+    }
 }

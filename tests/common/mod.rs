@@ -292,7 +292,7 @@ mod killable;
 mod process;
 mod raw;
 #[allow(unused_imports)] // only the Django tests use these
-pub use django::{django_app_dir, django_stack};
+pub use django::{django_app_dir, django_stack, Gunicorn};
 #[allow(unused_imports)] // not every test binary uses the JWT helpers
 pub use jwt::*;
 #[allow(unused_imports)] // only the balance tests kill servers
