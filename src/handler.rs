@@ -20,10 +20,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::listener::RequestBody;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, LOCATION, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{JwtPolicy, Verified};
@@ -120,15 +120,12 @@ impl Drop for State {
     }
 }
 
-/// Request extension set by the connection when the raw head carried both `Content-Length`
-/// and `Transfer-Encoding` (hyper drops one of them before we see the request).
+/// Request extension set by the HTTP/1.1 connection when the head framed its body in a way
+/// it refuses to follow (both `Content-Length` and `Transfer-Encoding`, a coding other than
+/// `chunked`, differing or malformed lengths): the request is answered 400 here, so that
+/// it is logged and counted, and the connection closes after it without reading the body.
 #[derive(Debug, Clone, Copy)]
-pub struct AmbiguousFraming;
-
-/// Request extension set by the connection when its framing scanner no longer follows it:
-/// the response closes the connection (unless it is a `101` switching protocols).
-#[derive(Debug, Clone, Copy)]
-pub struct CloseAfter;
+pub struct RefusedFraming(pub &'static str);
 
 /// What is known about the client connection a request arrived on.
 #[derive(Debug)]
@@ -149,11 +146,11 @@ pub struct ConnInfo {
     pub sendfile: Option<crate::sendfile::Slot>,
 }
 
-/// hyper's entry point: never fails; every error is a response.
+/// The connection's entry point: never fails; every error is a response.
 pub async fn handle(
     state: Arc<State>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
 ) -> Result<Response<GatewayBody>, Infallible> {
     let start = Instant::now();
     let method = MethodClass::of(req.method());
@@ -177,7 +174,6 @@ pub async fn handle(
             claims: None,
         })
     });
-    let close_after = req.extensions().get::<CloseAfter>().is_some();
     let mut labels = Labels::default();
     let routed = route_and_forward(&state, &conn, req, &request_id, &mut labels);
     // Events below the handler (proxy, JWT, static files) take the id from here.
@@ -195,11 +191,6 @@ pub async fn handle(
     response
         .headers_mut()
         .insert(X_REQUEST_ID.clone(), request_id);
-    if close_after && response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
-    }
     // Metrics and the access log are written when the body is done (or abandoned).
     let completion = Completion {
         route: state.metrics.route(labels.route_index).clone(),
@@ -240,7 +231,7 @@ struct Labels {
 async fn route_and_forward(
     state: &State,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     request_id: &HeaderValue,
     labels: &mut Labels,
 ) -> Result<Response<GatewayBody>, GatewayError> {
@@ -415,16 +406,17 @@ fn unlist_from_connection<'a>(
     }
 }
 
-/// RFC 9112 §6: a request must carry one unambiguous framing. hyper already rejects most
-/// bad framings itself; this catches what reaches us (both headers, a coding other than
-/// `chunked`, several Content-Length values).
-fn check_framing(req: &Request<Incoming>) -> Result<(), GatewayError> {
+/// RFC 9112 §6: a request must carry one unambiguous framing. The HTTP/1.1 connection
+/// marks what it refused ([`RefusedFraming`]); the header checks cover HTTP/2 (where the
+/// frames carry the length, and these headers must still not contradict it).
+fn check_framing(req: &Request<RequestBody>) -> Result<(), GatewayError> {
+    if let Some(RefusedFraming(reason)) = req.extensions().get::<RefusedFraming>() {
+        return Err(GatewayError::BadFraming(reason));
+    }
     let headers = req.headers();
     let te_count = headers.get_all(TRANSFER_ENCODING).iter().count();
     if te_count > 0 {
-        // hyper drops Content-Length when both are present; the connection saw the raw head.
-        let ambiguous = req.extensions().get::<AmbiguousFraming>().is_some();
-        if ambiguous || headers.contains_key(CONTENT_LENGTH) {
+        if headers.contains_key(CONTENT_LENGTH) {
             return Err(GatewayError::BadFraming(
                 "both Content-Length and Transfer-Encoding",
             ));
@@ -450,7 +442,7 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), GatewayError> {
 
 /// The authority the client addressed: the URI's when it has one (absolute-form, HTTP/2
 /// `:authority`; RFC 9112 §3.2.2 says it wins over `Host`), else the `Host` header.
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn request_host(req: &Request<RequestBody>) -> Option<HeaderValue> {
     match req.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => req.headers().get(HOST).cloned(),
@@ -476,7 +468,7 @@ fn forwarded_path_and_query(uri: &Uri, path: &str) -> Result<PathAndQuery, Gatew
 
 /// `308` to `https://HOST[:PORT]/same/path?query`.
 fn redirect_to_https(
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     port: u16,
 ) -> Result<Response<GatewayBody>, GatewayError> {
     let host = req

@@ -1,24 +1,24 @@
-//! Serving one accepted connection with hyper: HTTP/1.1 and HTTP/2 (ALPN on TLS, prior
-//! knowledge on plain TCP), the slow-loris guard, keep-alive idle timeout and graceful drain.
+//! Serving one accepted connection: HTTP/1.1 by the gateway's own connection
+//! ([`super::http1`]), HTTP/2 by hyper (ALPN on TLS, prior knowledge on plain TCP), with the
+//! first-request deadline, keep-alive idle timeout and graceful drain.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::body::RequestBody;
 use crate::config::ServerSettings;
-use crate::handler::{self, AmbiguousFraming, CloseAfter, ConnInfo, State};
+use crate::handler::{self, ConnInfo, State};
 use crate::sendfile::Zerocopy;
 
-mod framing;
 mod streams;
 
 /// Which HTTP version to speak on a connection.
@@ -28,36 +28,22 @@ pub enum Protocol {
     Http2,
 }
 
-/// hyper connection builders, configured once per listener from `server:` settings.
+/// How connections are served, configured once per listener from `server:` settings.
 ///
-/// TLS connections use hyper's HTTP/1.1 or HTTP/2 builder as ALPN decided; plain TCP
-/// connections peek at their first bytes for the HTTP/2 preface ([`serve_tcp`]).
+/// TLS connections speak HTTP/1.1 or HTTP/2 as ALPN decided; plain TCP connections peek at
+/// their first bytes for the HTTP/2 preface ([`serve_tcp`]).
 pub struct Builders {
-    http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
     idle_timeout: Duration,
     header_read_timeout: Duration,
-    /// Largest request head accepted (hyper's read buffer limit).
+    /// Largest HTTP/1.1 request head accepted (`max_header_bytes`).
     max_head: usize,
 }
 
 impl Builders {
     pub fn new(server: &ServerSettings) -> Self {
-        let max_buf = usize::try_from(server.max_header_bytes)
-            .unwrap_or(usize::MAX)
-            .max(8192);
+        let max_head = usize::try_from(server.max_header_bytes).unwrap_or(usize::MAX);
         let max_header_list = u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX);
-
-        // No hyper header timer: it would also run while a keep-alive connection waits for
-        // its next request (bounding keep-alive idle by header_read_timeout instead of
-        // idle_timeout) and it costs a timer per request. ActivityIo times request heads
-        // from their first byte instead, with the framing scanner's view of the stream.
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_buf_size(max_buf)
-            .keep_alive(true);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -66,11 +52,10 @@ impl Builders {
             .keep_alive_interval(Some(server.idle_timeout))
             .keep_alive_timeout(H2_PING_TIMEOUT);
         Builders {
-            http1,
             http2,
             idle_timeout: server.idle_timeout,
             header_read_timeout: server.header_read_timeout,
-            max_head: max_buf,
+            max_head,
         }
     }
 }
@@ -82,9 +67,8 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Serves a plain TCP connection: HTTP/2 when it opens with the prior-knowledge preface,
-/// else HTTP/1.1. The first bytes are peeked, not read, so hyper's parser reads them itself:
-/// no rewind layer, and hyper's read buffer keeps its initial 8 KiB (after a rewound prefix
-/// it doubled to 16 KiB for the life of the connection).
+/// else HTTP/1.1. The first bytes are peeked, not read, so the chosen server reads them
+/// itself (no rewind layer).
 pub async fn serve_tcp(
     stream: TcpStream,
     builders: Arc<Builders>,
@@ -135,7 +119,7 @@ async fn sniff(stream: &TcpStream) -> io::Result<Option<Protocol>> {
 
 /// Serves requests on `io` until the client leaves, the connection idles out, or
 /// `shutdown` fires (then in-flight requests finish and the connection closes). The first
-/// request must reach the service by `first_request_by`.
+/// request must arrive by `first_request_by`.
 pub async fn serve<I>(
     io: I,
     protocol: Protocol,
@@ -147,6 +131,14 @@ pub async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Zerocopy + Unpin + Send + 'static,
 {
+    if protocol == Protocol::Http1 {
+        let limits = super::http1::Limits {
+            idle_timeout: builders.idle_timeout,
+            header_read_timeout: builders.header_read_timeout,
+            max_head: builders.max_head,
+        };
+        return super::http1::serve(io, limits, state, info, shutdown, first_request_by).await;
+    }
     let watch = Watch {
         epoch: Instant::now(),
         last_activity: Arc::new(AtomicU64::new(0)),
@@ -156,76 +148,36 @@ pub async fn serve<I>(
         first_request_by,
         shutdown,
     };
-    // HTTP/1.1 heads are watched for request smuggling (see `framing`); HTTP/2 frames
-    // carry their own lengths.
-    let verdict = (protocol != Protocol::Http2).then(Arc::<framing::Verdict>::default);
-    let io = TokioIo::new(ActivityIo {
-        inner: io,
-        epoch: watch.epoch,
+    let streams = streams::Streams {
+        in_flight: watch.in_flight.clone(),
         last_activity: watch.last_activity.clone(),
-        // HTTP/2 is idle by its requests (`streams`), not by the frames that keep arriving.
-        bytes_are_activity: protocol == Protocol::Http1,
-        scanner: verdict
-            .as_ref()
-            .map(|v| framing::Scanner::new(builders.max_head, v.clone())),
-        head_timeout: builders.header_read_timeout,
-        head_started: None,
-        head_deadline: None,
-        // HTTP/1.1 on plain TCP: a response body is one run of bytes on the socket.
-        sendfile: (protocol == Protocol::Http1 && info.sendfile.is_some()).then(|| info.clone()),
-    });
-    let requested = watch.requested.clone();
-    let handle = move |mut req: hyper::Request<hyper::body::Incoming>| {
-        requested.store(true, Ordering::Relaxed);
-        if let Some(v) = &verdict {
-            let (ambiguous, close_after) = v.next_request();
-            if ambiguous {
-                req.extensions_mut().insert(AmbiguousFraming);
-            }
-            if close_after {
-                req.extensions_mut().insert(CloseAfter);
-            }
-        }
-        let state = state.load_full();
-        handler::handle(state, info.clone(), req)
+        epoch: watch.epoch,
     };
-    match protocol {
-        Protocol::Http1 => {
-            let service = service_fn(handle);
-            let conn = builders.http1.serve_connection(io, service).with_upgrades();
-            watch.drive(conn, |c| c.graceful_shutdown()).await
+    let requested = watch.requested.clone();
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        requested.store(true, Ordering::Relaxed);
+        let in_flight = streams.start();
+        let handled = handler::handle(state.load_full(), info.clone(), req.map(RequestBody::Http2));
+        async move {
+            let response = handled.await?;
+            Ok::<_, std::convert::Infallible>(response.map(|inner| {
+                let counted = streams::Counted {
+                    inner,
+                    _in_flight: in_flight,
+                };
+                http_body_util::BodyExt::boxed_unsync(counted)
+            }))
         }
-        Protocol::Http2 => {
-            let streams = streams::Streams {
-                in_flight: watch.in_flight.clone(),
-                last_activity: watch.last_activity.clone(),
-                epoch: watch.epoch,
-            };
-            let service = service_fn(move |req| {
-                let in_flight = streams.start();
-                let handled = handle(req);
-                async move {
-                    let response = handled.await?;
-                    Ok::<_, std::convert::Infallible>(response.map(|inner| {
-                        let counted = streams::Counted {
-                            inner,
-                            _in_flight: in_flight,
-                        };
-                        http_body_util::BodyExt::boxed_unsync(counted)
-                    }))
-                }
-            });
-            let conn = builders.http2.serve_connection(io, service);
-            watch.drive(conn, |c| c.graceful_shutdown()).await
-        }
-    }
+    });
+    let conn = builders.http2.serve_connection(TokioIo::new(io), service);
+    watch.drive(conn, |c| c.graceful_shutdown()).await
 }
 
-/// The timers around one connection: first request, idle, and shutdown.
+/// The timers around one HTTP/2 connection: first request, idle, and shutdown.
 struct Watch {
     epoch: Instant,
     last_activity: Arc<AtomicU64>,
-    /// HTTP/2 requests in flight (always 0 on HTTP/1.1, where bytes are the activity).
+    /// Requests in flight.
     in_flight: Arc<AtomicUsize>,
     /// Whether a request has reached the service yet (for the first-request deadline).
     requested: Arc<AtomicBool>,
@@ -245,12 +197,11 @@ impl Watch {
         let idle_check = tokio::time::sleep(self.idle);
         tokio::pin!(idle_check);
         // The first request must arrive within header_read_timeout of the connection (or of
-        // its TLS handshake), whether or not it sends anything: HTTP/1.1 heads are otherwise
-        // timed from their first byte (ActivityIo), and HTTP/2 has no header timer at all: a
-        // client that sends part of the preface, or a SETTINGS frame and no HEADERS, would
-        // hold a connection slot until the idle timeout. Between requests, idle_timeout
-        // applies: on HTTP/1.1 from the last byte, on HTTP/2 from the last request's end
-        // (`streams`: frames without a request, PINGs included, do not keep it open).
+        // its TLS handshake), whether or not it sends anything: HTTP/2 has no header timer
+        // at all, and a client that sends part of the preface, or a SETTINGS frame and no
+        // HEADERS, would hold a connection slot until the idle timeout. Between requests,
+        // idle_timeout applies from the last request's end (`streams`: frames without a
+        // request, PINGs included, do not keep it open).
         let first_request = tokio::time::sleep_until(self.first_request_by);
         tokio::pin!(first_request);
         let mut awaiting_first_request = true;
@@ -297,160 +248,5 @@ impl Watch {
                 }
             }
         }
-    }
-}
-
-/// Records when bytes last moved, for the idle timeout.
-struct ActivityIo<I> {
-    inner: I,
-    epoch: Instant,
-    last_activity: Arc<AtomicU64>,
-    /// Whether moving bytes counts as activity for the idle timeout (HTTP/1.1).
-    bytes_are_activity: bool,
-    /// Follows HTTP/1.1 request framing until it has nothing more to say.
-    scanner: Option<framing::Scanner>,
-    /// header_read_timeout: a request head must be complete this long after its first byte.
-    head_timeout: Duration,
-    /// When (ms after `epoch`) the head now arriving began; `None` between heads.
-    head_started: Option<u64>,
-    /// Wakes the connection when a partial head's time is up (made on first need: most heads
-    /// arrive in one read and never arm it).
-    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The connection's sendfile slot (in its `ConnInfo`), on plain-TCP HTTP/1.1.
-    sendfile: Option<Arc<ConnInfo>>,
-}
-
-impl<I> ActivityIo<I> {
-    /// Records activity now; returns the time, in ms after `epoch`.
-    fn touch(&self) -> u64 {
-        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if self.bytes_are_activity {
-            self.last_activity.store(now, Ordering::Relaxed);
-        }
-        now
-    }
-
-    /// Whether the head in progress (if any) is past its deadline at `now`.
-    fn head_overdue(&self, now: u64) -> bool {
-        let limit = u64::try_from(self.head_timeout.as_millis()).unwrap_or(u64::MAX);
-        self.head_started
-            .is_some_and(|started| now.saturating_sub(started) >= limit)
-    }
-
-    /// With a head in progress and no bytes to read, makes sure the task wakes at its
-    /// deadline; true once the deadline has passed.
-    fn poll_head_deadline(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(started) = self.head_started else {
-            return false;
-        };
-        let deadline = tokio::time::Instant::from_std(
-            self.epoch + Duration::from_millis(started) + self.head_timeout,
-        );
-        let sleep = self
-            .head_deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() != deadline {
-            sleep.as_mut().reset(deadline);
-        }
-        std::future::Future::poll(sleep.as_mut(), cx).is_ready()
-    }
-}
-
-fn head_timed_out() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        "request head not complete within header_read_timeout",
-    )
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        match polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                let now = this.touch();
-                if let Some(scanner) = &mut this.scanner {
-                    scanner.feed(&buf.filled()[before..]);
-                    this.head_started = match scanner.head_in_progress() {
-                        true => this.head_started.or(Some(now)),
-                        false => None,
-                    };
-                    if !scanner.is_on() {
-                        this.scanner = None;
-                        this.head_started = None;
-                    }
-                }
-                // A head trickled in byte by byte keeps the reads coming: check here too.
-                if this.head_overdue(now) {
-                    return Poll::Ready(Err(head_timed_out()));
-                }
-                polled
-            }
-            Poll::Pending if this.poll_head_deadline(cx) => Poll::Ready(Err(head_timed_out())),
-            other => other,
-        }
-    }
-}
-
-impl<I: AsyncWrite + Zerocopy + Unpin> ActivityIo<I> {
-    /// Writes `bufs` with sendfile when they carry the body this connection's static
-    /// handler offered (see [`crate::sendfile`]); `None` otherwise.
-    fn poll_sendfile(
-        &self,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Option<Poll<io::Result<usize>>> {
-        let slot = self.sendfile.as_ref()?.sendfile.as_ref()?;
-        slot.poll_write(self.inner.tcp()?, cx, bufs)
-    }
-}
-
-impl<I: AsyncWrite + Zerocopy + Unpin> AsyncWrite for ActivityIo<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = match self.poll_sendfile(cx, &[io::IoSlice::new(buf)]) {
-            Some(polled) => polled,
-            None => Pin::new(&mut self.inner).poll_write(cx, buf),
-        };
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = match self.poll_sendfile(cx, bufs) {
-            Some(polled) => polled,
-            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
-        };
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -2,9 +2,14 @@
 //! (bounded by `header_read_timeout`), then hand the connection to [`conn::serve`].
 //! [`set`] keeps the running set of listeners and changes it on reload.
 
+pub mod body;
 pub mod conn;
+pub mod http1;
 pub mod set;
 pub mod tls;
+pub mod upgrade;
+
+pub use body::RequestBody;
 
 use std::future::Future;
 use std::io;

@@ -5,11 +5,11 @@
 
 use std::io::{Seek, SeekFrom};
 
+use crate::listener::RequestBody;
 use bytes::{Bytes, BytesMut};
 use futures_util::TryStreamExt;
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Limited, StreamBody};
-use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{full_body, BoxError, GatewayBody, GatewayError};
@@ -27,7 +27,7 @@ pub enum Buffered {
 }
 
 /// Rejects up front a body whose declared length is over `limit`.
-pub fn check_declared_length(body: &Incoming, limit: u64) -> Result<(), GatewayError> {
+pub fn check_declared_length(body: &RequestBody, limit: u64) -> Result<(), GatewayError> {
     match body.size_hint().exact() {
         Some(len) if len > limit => Err(GatewayError::BodyTooLarge(limit)),
         _ => Ok(()),
@@ -35,7 +35,7 @@ pub fn check_declared_length(body: &Incoming, limit: u64) -> Result<(), GatewayE
 }
 
 /// Reads the whole body (never more than `limit` bytes) before anything is sent upstream.
-pub async fn buffer(mut body: Incoming, limit: u64) -> Result<Buffered, GatewayError> {
+pub async fn buffer(mut body: RequestBody, limit: u64) -> Result<Buffered, GatewayError> {
     if body.is_end_stream() {
         return Ok(Buffered::Empty);
     }
@@ -43,7 +43,7 @@ pub async fn buffer(mut body: Incoming, limit: u64) -> Result<Buffered, GatewayE
     let mut spill: Option<(std::fs::File, tokio::fs::File)> = None;
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| GatewayError::ClientBody(e.into()))?;
+        let frame = frame.map_err(GatewayError::ClientBody)?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not forwarded
         };
@@ -129,7 +129,7 @@ pub fn empty_body() -> GatewayBody {
 }
 
 /// Streams the client's body upstream, cutting it off once it passes `limit`.
-pub fn streaming(body: Incoming, limit: u64) -> GatewayBody {
+pub fn streaming(body: RequestBody, limit: u64) -> GatewayBody {
     Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).boxed_unsync()
 }
 

@@ -22,11 +22,10 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use crate::error::{GatewayBody, GatewayError};
+use crate::listener::upgrade::{self, OnUpgrade};
+use crate::listener::RequestBody;
 use crate::observability::id_str;
 use client::{Failure, Limits, Unsent};
 use h1::{Conn, Framing, Head, ResponseBody};
@@ -61,7 +60,7 @@ pub struct Forwarded<'u> {
 /// upstream's retry budget (20% of its requests).
 pub async fn forward<'u>(
     upstream: &'u Upstream,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     path_and_query: PathAndQuery,
     mut fwd: Forwarding<'_>,
     body_limit: u64,
@@ -69,7 +68,7 @@ pub async fn forward<'u>(
 ) -> Result<Forwarded<'u>, GatewayError> {
     let websocket =
         req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers());
-    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = websocket.then(|| upgrade::on(&mut req)).flatten();
     let (parts, body) = req.into_parts();
     // Nothing of the client's request head is held while the upstream answers (the head's
     // values share one hyper read buffer): its URI is dropped here, the headers and method
@@ -321,7 +320,7 @@ fn splice_upgrade(client: OnUpgrade, conn: Conn, request_id: HeaderValue) {
             }
         };
         let (mut upstream, early) = conn.into_upgraded();
-        let mut client = TokioIo::new(client);
+        let mut client = client;
         let result = async {
             if !early.is_empty() {
                 tokio::io::AsyncWriteExt::write_all(&mut client, &early).await?;

@@ -1,0 +1,62 @@
+//! The body of a client's request, whichever server read its head: the gateway's own
+//! HTTP/1.1 connection ([`super::http1`]) or hyper's HTTP/2 one.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::error::BoxError;
+
+/// A request body as the handler sees it.
+pub enum RequestBody {
+    /// No body: the head said so (no framing, `Content-Length: 0`), or it was refused.
+    Empty,
+    /// Read from an HTTP/1.1 connection as the handler asks for it.
+    Http1(super::http1::Body),
+    /// An HTTP/2 stream's DATA frames.
+    Http2(hyper::body::Incoming),
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Empty => f.write_str("RequestBody::Empty"),
+            Self::Http1(_) => f.write_str("RequestBody::Http1"),
+            Self::Http2(_) => f.write_str("RequestBody::Http2"),
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Http1(body) => Pin::new(body).poll_frame(cx),
+            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Http1(body) => body.is_end_stream(),
+            Self::Http2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Http1(body) => body.size_hint(),
+            Self::Http2(body) => body.size_hint(),
+        }
+    }
+}
