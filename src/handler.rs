@@ -407,11 +407,15 @@ fn unlist_from_connection<'a>(
 }
 
 /// RFC 9112 §6: a request must carry one unambiguous framing. The HTTP/1.1 connection
-/// marks what it refused ([`RefusedFraming`]); the header checks cover HTTP/2 (where the
-/// frames carry the length, and these headers must still not contradict it).
+/// checked its head already and marks what it refused ([`RefusedFraming`]); the header
+/// checks cover HTTP/2 (where the frames carry the length, and these headers must still not
+/// contradict it).
 fn check_framing(req: &Request<RequestBody>) -> Result<(), GatewayError> {
     if let Some(RefusedFraming(reason)) = req.extensions().get::<RefusedFraming>() {
         return Err(GatewayError::BadFraming(reason));
+    }
+    if req.version() != http::Version::HTTP_2 {
+        return Ok(());
     }
     let headers = req.headers();
     let te_count = headers.get_all(TRANSFER_ENCODING).iter().count();

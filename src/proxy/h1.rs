@@ -564,7 +564,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'
     let reason = reason.map(|r| Bytes::copy_from_slice(r.as_bytes()));
     let head = buf.split_to(len).freeze();
 
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for what the gateway adds (X-Request-Id): growing a map rehashes it.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| "upstream sent an invalid header name")?;
