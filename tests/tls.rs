@@ -217,6 +217,61 @@ async fn https_h2_and_http1_are_proxied_with_forwarded_proto() {
     assert_eq!(up.last().headers["x-forwarded-proto"], "http");
 }
 
+/// On shutdown, HTTP/1.1 connections with no request under way close at once: a TLS
+/// connection that finished its handshake and has sent nothing yet (its first-request
+/// deadline is far off) and one waiting in keep-alive after a response. The drain does not
+/// wait for their timeouts (nor give up on them after `shutdown_grace`).
+#[tokio::test]
+async fn shutdown_closes_idle_http1_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let (c, k, _) = ca.issue("a", &["a.test"]);
+    let up = TestUpstream::echo().await;
+    let yaml = tls_yaml(up.addr, &[(c, k)], "", "", "").replace(
+        "shutdown_grace: 1s",
+        "shutdown_grace: 5s\n  header_read_timeout: 30s",
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let config = ca.rustls_client(&[b"http/1.1"]);
+    let mut silent = tls_connect(gw.addr("https"), config.clone(), "a.test", STEP)
+        .await
+        .unwrap();
+    let mut kept = tls_connect(gw.addr("https"), config, "a.test", STEP)
+        .await
+        .unwrap();
+    kept.write_all(b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let mut buf = [0u8; 1024];
+        let n = kept.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let shutdown_at = std::time::Instant::now();
+    gw.gateway.shutdown();
+    let drained = tokio::time::timeout(Duration::from_secs(4), gw.gateway.drained())
+        .await
+        .expect("drained() did not return within 4 s");
+    assert!(drained, "connections still open after shutdown_grace");
+    assert!(
+        shutdown_at.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        shutdown_at.elapsed()
+    );
+    for (name, conn) in [("silent", &mut silent), ("keep-alive", &mut kept)] {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(STEP, conn.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "{name} connection not closed by the drain: {read:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn client_without_alpn_gets_http1() {
     let ca = TestCa::new();

@@ -126,7 +126,7 @@ pub async fn serve<I>(
         };
         let next = conn.exchange(parsed, &state).await;
         match next {
-            Next::KeepAlive => {}
+            Next::KeepAlive => conn.shrink_buffer(),
             Next::Close { linger } => break linger,
             Next::Upgrade(upgrade) => return conn.hand_over(upgrade),
         }
@@ -398,14 +398,14 @@ where
                     Poll::Ready(Ok(_)) => continue,
                     Poll::Pending => {}
                 }
+                // No request under way: the gateway's drain closes the connection now.
+                if head_started.is_none() && shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(None));
+                }
                 let deadline = match (first_by, head_started) {
                     (Some(by), _) => by,
                     (None, Some(started)) => started + limits.header_read_timeout,
                     (None, None) => {
-                        // Between requests: the gateway's drain closes idle connections.
-                        if shutdown.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Ok(None));
-                        }
                         let since = *core.waiting_since.get_or_insert_with(Instant::now);
                         since + limits.idle_timeout
                     }
@@ -733,6 +733,15 @@ where
             }
         })
         .await
+    }
+
+    /// Lets go of a read buffer a large body made big, once it holds nothing: an idle
+    /// keep-alive connection keeps [`HEAD_READ`] bytes, not the last upload's.
+    fn shrink_buffer(&mut self) {
+        let mut core = lock(&self.core);
+        if core.buf.is_empty() && core.buf.capacity() > 2 * BODY_READ {
+            core.buf = BytesMut::with_capacity(HEAD_READ);
+        }
     }
 
     /// After a `101`: the socket and any bytes already read go to the upgrade.
