@@ -8,45 +8,20 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use common::*;
-
-struct Gunicorn(Child);
-
-impl Drop for Gunicorn {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn app_dir() -> PathBuf {
-    django_app_dir()
-}
 
 fn manage(envs: &[(&str, String)], args: &[&str]) {
     let status = Command::new("python3")
         .arg("manage.py")
         .args(args)
-        .current_dir(app_dir())
+        .current_dir(django_app_dir())
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .status()
         .expect("python3 runs");
     assert!(status.success(), "manage.py {args:?} failed");
-}
-
-async fn wait_for_port(addr: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "gunicorn did not start on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,25 +49,9 @@ async fn simplejwt_tokens_through_the_gateway() {
         ],
     );
     let app_addr = closed_port().await;
-    let gunicorn = Gunicorn(
-        Command::new("python3")
-            .args([
-                "-m",
-                "gunicorn",
-                "-w",
-                "2",
-                "-b",
-                &app_addr.to_string(),
-                "demo.wsgi:application",
-            ])
-            .current_dir(app_dir())
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gunicorn starts"),
-    );
-    wait_for_port(app_addr).await;
+    let app_envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let gunicorn = Gunicorn::spawn_with(app_addr, &app_envs, &["-w", "2"]);
+    gunicorn.wait_ready().await;
 
     let ca = TestCa::new();
     let (cert, key, _) = ca.issue("api", &["api.test"]);

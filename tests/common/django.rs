@@ -45,12 +45,19 @@ pub struct Gunicorn {
 
 impl Gunicorn {
     pub fn spawn(addr: SocketAddr, db: &Path, options: &[&str]) -> Gunicorn {
+        let db = db.display().to_string();
+        Gunicorn::spawn_with(addr, &[("DEMO_DB", db.as_str())], options)
+    }
+
+    /// As [`Gunicorn::spawn`], with the app's whole environment given (`DEMO_DB`,
+    /// `DJANGO_SECRET_KEY`, `ACCESS_TOKEN_SECONDS`, ...).
+    pub fn spawn_with(addr: SocketAddr, envs: &[(&str, &str)], options: &[&str]) -> Gunicorn {
         let child = Command::new("python3")
             .args(["-m", "gunicorn", "-b", &addr.to_string()])
             .args(options)
             .arg("demo.wsgi:application")
             .current_dir(django_app_dir())
-            .env("DEMO_DB", db)
+            .envs(envs.iter().copied())
             .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
