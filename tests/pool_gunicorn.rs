@@ -58,6 +58,8 @@ async fn gunicorn_closing_idle_keep_alive_connections_fails_no_request() {
         &[&threaded[..], &access_log].concat(),
     );
     gunicorn.wait_ready().await;
+    // Gunicorn writes a request's log line after its response: let the last probe's land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let readiness_lines = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()
