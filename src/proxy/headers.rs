@@ -78,12 +78,9 @@ pub fn prepare_request(headers: &mut HeaderMap, fwd: &mut Forwarding<'_>, websoc
     }
 }
 
-/// Rewrites an upstream response's headers into what the client sees.
-pub fn prepare_response(
-    headers: &mut HeaderMap,
-    switching_protocols: bool,
-    request_id: &HeaderValue,
-) {
+/// Rewrites an upstream response's headers into what the client sees. (`X-Request-Id` is
+/// set by the handler, on every response, the upstream's replaced.)
+pub fn prepare_response(headers: &mut HeaderMap, switching_protocols: bool) {
     let upgrade = if switching_protocols {
         headers.get(UPGRADE).cloned()
     } else {
@@ -94,7 +91,6 @@ pub fn prepare_response(
         headers.insert(UPGRADE, upgrade);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
 
 /// The client's `X-Request-Id` when it is 1–128 characters of `[A-Za-z0-9._-]`, else a fresh one.
@@ -355,16 +351,15 @@ mod tests {
     }
 
     #[test]
-    fn response_loses_hop_by_hop_and_gets_request_id() {
+    fn response_loses_hop_by_hop() {
         let mut h = HeaderMap::new();
         h.insert(CONNECTION, HeaderValue::from_static("close, x-secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        prepare_response(&mut h, false, &HeaderValue::from_static("rid"));
+        prepare_response(&mut h, false);
         assert!(h.get("x-secret").is_none());
         assert!(h.get(TRANSFER_ENCODING).is_none());
         assert!(h.get(CONNECTION).is_none());
-        assert_eq!(h[&X_REQUEST_ID], "rid");
     }
 
     #[test]

@@ -293,10 +293,10 @@ fn finish_response(
     if let (true, Some(client)) = (switching, client_upgrade) {
         splice_upgrade(client, conn, request_id.clone());
         // The body of a 101 is empty; the connection now belongs to the splice.
-        headers::prepare_response(&mut parts.headers, true, request_id);
+        headers::prepare_response(&mut parts.headers, true);
         return Response::from_parts(parts, body::empty_body());
     }
-    headers::prepare_response(&mut parts.headers, false, request_id);
+    headers::prepare_response(&mut parts.headers, false);
     let body = if framing == Framing::Empty {
         // No body (HEAD, 204, 304, `Content-Length: 0`): the connection is free already.
         h1::release(pool, conn, keep_alive);
