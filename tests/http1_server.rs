@@ -722,6 +722,40 @@ async fn stalled_request_body_times_out() {
     }
 }
 
+/// A client that asks for a large response and stops reading is cut off `idle_timeout`
+/// after the response stops moving (nginx's `send_timeout`), instead of holding its
+/// connection slot and the upstream connection for ever; what it then reads ends early.
+#[tokio::test]
+async fn client_that_stops_reading_is_cut_off() {
+    const LEN: usize = 16 * 1024 * 1024;
+    let up = TestUpstream::start(|_| async { http::Response::new(full(vec![b'z'; LEN])) }).await;
+    let gw = TestGateway::start(&yaml(up.addr, "  idle_timeout: 500ms", "")).await;
+    let mut conn = tokio::net::TcpStream::connect(gw.addr("http"))
+        .await
+        .unwrap();
+    conn.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Socket buffers fill; the gateway's write stalls.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "connection still open, {got} bytes read");
+    assert!(
+        got < LEN,
+        "the whole response arrived ({got} bytes): never cut off"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // randomized robustness
 // ---------------------------------------------------------------------------------------------

@@ -272,6 +272,64 @@ async fn shutdown_closes_idle_http1_connections_at_once() {
     }
 }
 
+/// HTTP/1.1 over TLS: `Expect: 100-continue` gets its `100` (flushed through the TLS
+/// layer) before the body is sent, then the answer; two requests pipelined in one TLS write
+/// are answered in order on the same connection.
+#[tokio::test]
+async fn http1_over_tls_continue_and_pipelining() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = TestCa::new();
+    let (c, k, _) = ca.issue("a", &["a.test"]);
+    let up = TestUpstream::start(|seen: Seen| async move {
+        let body = format!("{} {} {}", seen.method, seen.uri, seen.body.len());
+        http::Response::new(full(body))
+    })
+    .await;
+    let gw = TestGateway::start(&tls_yaml(up.addr, &[(c, k)], "", "", "")).await;
+    let mut tls = tls_connect(
+        gw.addr("https"),
+        ca.rustls_client(&[b"http/1.1"]),
+        "a.test",
+        STEP,
+    )
+    .await
+    .unwrap();
+    async fn read_until(tls: &mut (impl AsyncReadExt + Unpin), got: &mut Vec<u8>, what: &str) {
+        tokio::time::timeout(STEP, async {
+            while !String::from_utf8_lossy(got).contains(what) {
+                let mut buf = [0u8; 4096];
+                let n = tls.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed; got {:?}", String::from_utf8_lossy(got));
+                got.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {what:?} in {:?}", String::from_utf8_lossy(got)));
+    }
+    tls.write_all(
+        b"POST /up HTTP/1.1\r\nHost: a.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    read_until(&mut tls, &mut got, "HTTP/1.1 100 Continue\r\n\r\n").await;
+    assert_eq!(up.hits(), 0, "upstream contacted before the body");
+    tls.write_all(b"hello").await.unwrap();
+    read_until(&mut tls, &mut got, "POST /up 5").await;
+
+    let mut got = Vec::new();
+    tls.write_all(
+        b"GET /one HTTP/1.1\r\nHost: a.test\r\n\r\nGET /two HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    read_until(&mut tls, &mut got, "GET /two 0").await;
+    let text = String::from_utf8_lossy(&got);
+    let one = text.find("GET /one 0").expect("first answer");
+    assert!(one < text.find("GET /two 0").unwrap(), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+}
+
 #[tokio::test]
 async fn client_without_alpn_gets_http1() {
     let ca = TestCa::new();
