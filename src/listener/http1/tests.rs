@@ -270,3 +270,104 @@ fn decimal_lengths() {
         assert_eq!(dst, n.to_string().as_bytes());
     }
 }
+
+/// Random and mutated heads: the parser never panics, and whatever it accepts obeys the
+/// framing and Host rules (a body framed two ways is never followed).
+#[test]
+fn random_heads_never_panic_and_accepted_ones_obey_the_rules() {
+    let mut rng = fastrand::Rng::with_seed(11);
+    let lines: &[&str] = &[
+        "GET / HTTP/1.1",
+        "POST /x HTTP/1.1",
+        "PUT /y?z HTTP/1.0",
+        "GET * HTTP/1.1",
+    ];
+    let names: &[&str] = &[
+        "Host",
+        "host",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Connection",
+        "Expect",
+        "Upgrade",
+        "X-A",
+        "",
+        "Con tent-Length",
+    ];
+    let values: &[&str] = &[
+        "h",
+        "5",
+        "0",
+        "05",
+        "5, 5",
+        "-1",
+        "chunked",
+        "Chunked",
+        "gzip, chunked",
+        "chunked, gzip",
+        "close",
+        "keep-alive",
+        "upgrade",
+        "100-continue",
+        "websocket",
+        " x ",
+        "",
+        "a\tb",
+    ];
+    let (mut accepted, mut chunked, mut refused) = (0, 0, 0);
+    for _ in 0..20_000 {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(lines[rng.usize(..lines.len())].as_bytes());
+        raw.extend_from_slice(b"\r\n");
+        for _ in 0..rng.usize(0..6) {
+            let name = names[rng.usize(..names.len())];
+            let value = values[rng.usize(..values.len())];
+            raw.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        for _ in 0..rng.usize(0..3).saturating_sub(1) {
+            let at = rng.usize(..raw.len());
+            match rng.u8(..4) {
+                0 => raw[at] = rng.u8(..),
+                1 => raw.insert(at, *rng.choice(b"\r\n\0: \t\x80").unwrap()),
+                2 => {
+                    raw.remove(at);
+                }
+                _ => raw.truncate(at),
+            }
+        }
+        let mut buf = BytesMut::from(&raw[..]);
+        let Ok(Some(parsed)) = head::parse(&mut buf, 512, &mut Vec::new()) else {
+            continue;
+        };
+        accepted += 1;
+        chunked += usize::from(parsed.framing == Framing::Chunked);
+        refused += usize::from(matches!(parsed.framing, Framing::Refused(_)));
+        let headers = parsed.request.headers();
+        let has_cl = headers.contains_key(CONTENT_LENGTH);
+        let has_te = headers.contains_key(TRANSFER_ENCODING);
+        if has_cl && has_te {
+            assert!(matches!(parsed.framing, Framing::Refused(_)), "{raw:?}");
+        }
+        if parsed.framing == Framing::Chunked {
+            assert!(
+                !has_cl && parsed.request.version() == Version::HTTP_11,
+                "{raw:?}"
+            );
+        }
+        if let Framing::Length(n) = parsed.framing {
+            assert!(!has_te && n > 0, "{raw:?}");
+        }
+        let hosts = headers.get_all(http::header::HOST).iter().count();
+        assert!(hosts <= 1, "{raw:?}");
+        if parsed.request.version() == Version::HTTP_11 {
+            assert_eq!(hosts, 1, "{raw:?}");
+        }
+        assert!(raw.len() - buf.len() <= 512, "{raw:?}");
+    }
+    // The generator reaches the interesting cases, not only parse errors.
+    assert!(
+        accepted > 1000 && chunked > 10 && refused > 200,
+        "{accepted} accepted, {chunked} chunked, {refused} refused"
+    );
+}
