@@ -157,7 +157,7 @@ pub async fn handle(
     let request_id = headers::request_id(req.headers());
     let access_log = state.settings.logging.access_log;
     // Boxed from the start: it waits across the whole request, and inline it would sit in
-    // the future hyper moves on every request, access log on or off.
+    // every request's future, access log on or off.
     let record = access_log.then(|| {
         Box::new(AccessRecord {
             start,

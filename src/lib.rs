@@ -3,7 +3,8 @@
 //! The modules, in the order a request travels through them:
 //!
 //! 1. [`config`]   — `gateway.yaml` is parsed (`raw`), validated into typed [`config::Settings`].
-//! 2. [`listener`] — TCP accept loop with connection limits, TLS (SNI, ALPN), hyper h1/h2 serving.
+//! 2. [`listener`] — TCP accept loop with connection limits, TLS (SNI, ALPN), the gateway's own
+//!    HTTP/1.1 server ([`listener::http1`]), hyper for HTTP/2.
 //! 3. [`handler`]  — the per-request pipeline: framing checks, path normalisation, routing, limits.
 //! 4. [`path`] and [`router`] — normalise the path once, then host + path + method → route.
 //!    [`policy`] — per-route rate limits, checked after routing and JWT, before upstream work.

@@ -26,9 +26,9 @@ pub struct Forwarding<'a> {
     pub peer_trusted: bool,
     pub https: bool,
     /// Host as the client named it (`Host` or `:authority`), port included. Taken (moved
-    /// into the upstream request) by [`prepare_request`]: the value shares hyper's read buffer
-    /// with the rest of the request head, and holding it while the upstream answers would
-    /// keep that 8 KiB buffer alive beside the next one hyper allocates.
+    /// into the upstream request) by [`prepare_request`]: the value shares the connection's
+    /// read buffer with the rest of the request head, and holding it while the upstream
+    /// answers would keep that buffer from being reused for the next request.
     pub host: Option<HeaderValue>,
     pub request_id: &'a HeaderValue,
 }
