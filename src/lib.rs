@@ -23,6 +23,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod handler;
+pub mod header_maps;
 pub mod listener;
 pub mod metrics;
 pub mod observability;

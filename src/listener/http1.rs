@@ -527,6 +527,7 @@ where
                 bodiless,
             },
         );
+        crate::header_maps::give(parts.headers);
         let keep_alive = asked.keep_alive
             && !asked.refused
             && !switching

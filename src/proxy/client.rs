@@ -66,9 +66,11 @@ pub async fn send(
         Unsent::Request(request) => {
             let (parts, body) = request.into_parts();
             let scratch = conn.take_scratch();
-            Outgoing::new(scratch, &parts.method, &parts.uri, &parts.headers, body)
+            let out = Outgoing::new(scratch, &parts.method, &parts.uri, &parts.headers, body);
             // The head is encoded: nothing of the request's parts is held while the
             // server answers.
+            crate::header_maps::give(parts.headers);
+            out
         }
         Unsent::Encoded(mut out) => {
             out.rewind();

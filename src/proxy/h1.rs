@@ -565,7 +565,7 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, &'
     let head = buf.split_to(len).freeze();
 
     // Room for what the gateway adds (X-Request-Id): growing a map rehashes it.
-    let mut headers = HeaderMap::with_capacity(count + 2);
+    let mut headers = crate::header_maps::take(count + 2);
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| "upstream sent an invalid header name")?;

@@ -9,7 +9,7 @@ use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
 
 /// Most header fields in one request head (hyper's default): more is a 431.
 pub const MAX_HEADERS: usize = 100;
@@ -131,7 +131,7 @@ pub fn parse(
 
     // Room for what the proxy adds (X-Forwarded-*, X-Request-Id, claim headers): growing a
     // map rehashes it.
-    let mut headers = HeaderMap::with_capacity(spans.len() + FORWARDING_ROOM);
+    let mut headers = crate::header_maps::take(spans.len() + FORWARDING_ROOM);
     let mut lengths = Lengths::None;
     let mut codings = 0usize;
     let mut chunked_last = false;
