@@ -51,6 +51,7 @@ use super::body::RequestBody;
 use super::upgrade;
 use crate::error::{BoxError, GatewayBody};
 use crate::handler::{self, ConnInfo, RefusedFraming, State};
+use crate::proxy::h1::push_decimal;
 use crate::sendfile::Zerocopy;
 use decode::{Decoder, Step};
 use head::{Framing, Parsed, Reject};
@@ -887,20 +888,6 @@ fn encode_head(
         dst.extend_from_slice(b"\r\n");
     }
     close
-}
-
-fn push_decimal(dst: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.extend_from_slice(&digits[at..]);
 }
 
 /// The current time as an HTTP date, formatted once per second per thread.

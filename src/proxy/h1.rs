@@ -458,7 +458,8 @@ fn write_hex(dst: &mut [u8], mut n: u64) -> usize {
     len
 }
 
-fn push_decimal(dst: &mut Vec<u8>, n: u64) {
+/// `n` in decimal digits (Content-Length values, written once per message).
+pub(crate) fn push_decimal(dst: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut n = n;

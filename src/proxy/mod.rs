@@ -6,7 +6,7 @@
 mod balance;
 pub mod body;
 mod client;
-mod h1;
+pub(crate) mod h1;
 pub mod headers;
 pub mod health;
 pub mod pool;
