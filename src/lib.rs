@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod handler;
 pub mod header_maps;
+pub mod http1_body;
 pub mod listener;
 pub mod metrics;
 pub mod observability;

@@ -29,7 +29,6 @@
 //! - graceful drain: on shutdown an idle connection closes, a busy one after its response;
 //! - static bodies by sendfile on plain TCP ([`crate::sendfile`]).
 
-mod decode;
 mod head;
 
 use std::future::{poll_fn, Future};
@@ -51,9 +50,9 @@ use super::body::RequestBody;
 use super::upgrade;
 use crate::error::{BoxError, GatewayBody};
 use crate::handler::{self, ConnInfo, RefusedFraming, State};
+use crate::http1_body::{Decoder, Step};
 use crate::proxy::h1::push_decimal;
 use crate::sendfile::Zerocopy;
-use decode::{Decoder, Step};
 use head::{Framing, Parsed, Reject};
 
 /// Room kept free in the read buffer for a request head.
@@ -254,7 +253,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Core<I> {
         loop {
             match self.decoder.step(&mut self.buf, self.max_head) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(data))),
-                Ok(Step::End) => return Poll::Ready(None),
+                // Request trailers are not passed on.
+                Ok(Step::End | Step::Trailers(_)) => return Poll::Ready(None),
                 Ok(Step::More) => {}
                 Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
@@ -436,7 +436,11 @@ where
         let seq = {
             let mut core = lock(&self.core);
             core.seq = core.seq.wrapping_add(1);
-            core.decoder = Decoder::new(framing);
+            core.decoder = match framing {
+                Framing::Length(n) => Decoder::length(n),
+                Framing::Chunked => Decoder::chunked(),
+                Framing::Empty | Framing::Refused(_) => Decoder::Done,
+            };
             core.continue_at = expect_continue.then_some(0);
             core.seq
         };

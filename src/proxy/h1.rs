@@ -35,13 +35,12 @@ use tokio::net::TcpStream;
 use super::pool::ServerPool;
 use super::server_state::InFlight;
 use crate::error::{BoxError, GatewayBody};
+use crate::http1_body::{Decoder, Step};
 
 /// Largest response head (status line and fields) accepted from an upstream server.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields accepted in a response head (hyper's default too).
 pub const MAX_HEADERS: usize = 100;
-/// Longest chunk-size line (with extensions) accepted in a chunked response.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Room made in the read buffer before a read of a head.
 const HEAD_READ: usize = 8 * 1024;
 /// Reads of a response body start at this size, double while they come back full, and
@@ -682,18 +681,24 @@ pub struct ResponseBody {
 }
 
 enum BodyState {
-    Length(u64),
-    /// Before a chunk-size line.
-    ChunkSize,
-    /// Inside a chunk: bytes still due.
-    ChunkData(u64),
-    /// After a chunk's data: its CRLF.
-    ChunkEnd,
-    Trailers,
+    /// `Content-Length` or chunked: [`Decoder`] follows the framing.
+    Framed(Decoder),
+    /// Until the server closes the connection.
     Close,
     /// Failed: the error goes out on the next poll (see [`ResponseBody::fail`]).
     Failed(Option<BoxError>),
     Done,
+}
+
+impl BodyState {
+    /// Whether every byte of the body has been read.
+    fn is_complete(&self) -> bool {
+        match self {
+            BodyState::Done => true,
+            BodyState::Framed(decoder) => decoder.is_done(),
+            _ => false,
+        }
+    }
 }
 
 impl ResponseBody {
@@ -706,8 +711,8 @@ impl ResponseBody {
     ) -> Self {
         let state = match framing {
             Framing::Empty => BodyState::Done,
-            Framing::Length(n) => BodyState::Length(n),
-            Framing::Chunked => BodyState::ChunkSize,
+            Framing::Length(n) => BodyState::Framed(Decoder::length(n)),
+            Framing::Chunked => BodyState::Framed(Decoder::chunked()),
             Framing::Close => BodyState::Close,
         };
         let mut body = ResponseBody {
@@ -765,102 +770,43 @@ impl Body for ResponseBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.state {
+            let room = match &mut this.state {
                 BodyState::Done => {
                     this.finish();
                     return Poll::Ready(None);
-                }
-                BodyState::Length(due) | BodyState::ChunkData(due) if !conn.buf.is_empty() => {
-                    let n = conn
-                        .buf
-                        .len()
-                        .min(usize::try_from(due).unwrap_or(usize::MAX));
-                    let data = conn.buf.split_to(n).freeze();
-                    let left = due - n as u64;
-                    match &mut this.state {
-                        BodyState::Length(d) => {
-                            *d = left;
-                            if left == 0 {
-                                this.finish();
-                            }
-                        }
-                        state => {
-                            *state = if left == 0 {
-                                BodyState::ChunkEnd
-                            } else {
-                                BodyState::ChunkData(left)
-                            };
-                        }
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 BodyState::Close if !conn.buf.is_empty() => {
                     let data = conn.buf.split().freeze();
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                BodyState::ChunkSize => match httparse::parse_chunk_size(&conn.buf) {
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        conn.buf.advance(used);
-                        this.state = if size == 0 {
-                            BodyState::Trailers
-                        } else {
-                            BodyState::ChunkData(size)
-                        };
-                        continue;
-                    }
-                    Ok(httparse::Status::Partial) if conn.buf.len() > MAX_CHUNK_LINE => {
-                        return this.fail(cx, "upstream sent an over-long chunk-size line".into())
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(_) => return this.fail(cx, "upstream sent an invalid chunk size".into()),
-                },
-                BodyState::ChunkEnd if conn.buf.len() >= 2 => {
-                    if &conn.buf[..2] != b"\r\n" {
-                        return this.fail(cx, "upstream chunk not followed by CRLF".into());
-                    }
-                    conn.buf.advance(2);
-                    this.state = BodyState::ChunkSize;
-                    continue;
-                }
-                BodyState::Trailers if conn.buf.starts_with(b"\r\n") => {
-                    conn.buf.advance(2);
-                    this.finish();
-                    return Poll::Ready(None);
-                }
-                BodyState::Trailers if !conn.buf.is_empty() => {
-                    let mut fields = [httparse::EMPTY_HEADER; 64];
-                    match httparse::parse_headers(&conn.buf, &mut fields) {
-                        Ok(httparse::Status::Complete((used, fields))) => {
-                            let mut trailers = HeaderMap::with_capacity(fields.len());
-                            for field in fields {
-                                if let (Ok(name), Ok(value)) = (
-                                    HeaderName::from_bytes(field.name.as_bytes()),
-                                    HeaderValue::from_bytes(field.value),
-                                ) {
-                                    trailers.append(name, value);
-                                }
-                            }
-                            conn.buf.advance(used);
+                BodyState::Framed(decoder) => match decoder.step(&mut conn.buf, MAX_HEAD) {
+                    Ok(Step::Data(data)) => {
+                        if decoder.is_done() {
+                            // Back to the pool at once, not on the next poll.
                             this.finish();
-                            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
                         }
-                        Ok(httparse::Status::Partial) if conn.buf.len() >= MAX_HEAD => {
-                            return this.fail(cx, "upstream trailers too large".into())
-                        }
-                        Ok(httparse::Status::Partial) => {}
-                        Err(_) => return this.fail(cx, "upstream sent malformed trailers".into()),
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
-                }
-                _ => {}
-            }
-            // More bytes are needed.
-            let room = match this.state {
-                BodyState::Length(due) | BodyState::ChunkData(due) => usize::try_from(due)
-                    .unwrap_or(usize::MAX)
-                    .clamp(HEAD_READ, this.read_size),
+                    Ok(Step::Trailers(trailers)) => {
+                        this.finish();
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                    Ok(Step::End) => {
+                        this.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::More) => match decoder.due() {
+                        Some(due) => usize::try_from(due)
+                            .unwrap_or(usize::MAX)
+                            .clamp(HEAD_READ, this.read_size),
+                        None => HEAD_READ,
+                    },
+                    Err(e) => return this.fail(cx, format!("upstream body: {e}").into()),
+                },
                 BodyState::Close => this.read_size,
-                _ => HEAD_READ,
+                BodyState::Failed(_) => return Poll::Ready(None),
             };
+            // More bytes are needed.
             let read = ready!(poll_fill(&mut conn.io, &mut conn.buf, cx, room));
             if let Ok(n) = read {
                 this.read_size = next_read_size(this.read_size, n);
@@ -879,12 +825,14 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.state, BodyState::Done | BodyState::Length(0))
+        self.state.is_complete()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.state {
-            BodyState::Length(n) => SizeHint::with_exact(n),
+        match &self.state {
+            BodyState::Framed(decoder) => decoder
+                .length_left()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
             BodyState::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
@@ -894,7 +842,7 @@ impl Body for ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         // A reader may stop at `is_end_stream` without polling once more.
-        if matches!(self.state, BodyState::Done | BodyState::Length(0)) {
+        if self.state.is_complete() {
             self.finish();
         }
     }

@@ -1,14 +1,14 @@
-//! Request bodies as they arrive on an HTTP/1.1 connection: `Content-Length` bytes, or
-//! chunks (RFC 9112 §7.1) whose sizes are parsed by httparse. Data is handed out as views
-//! of the connection's read buffer, never copied.
+//! HTTP/1.1 message bodies as they arrive, for both sides of the gateway (client requests in
+//! `listener::http1`, upstream responses in `proxy::h1`): `Content-Length` bytes, or chunks
+//! (RFC 9112 §7.1) whose sizes are parsed by httparse. Data is handed out as views of the
+//! connection's read buffer, never copied.
 
 use bytes::{Buf, Bytes, BytesMut};
-
-use super::head::Framing;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// Longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Most trailer fields accepted after the last chunk (they are read and dropped).
+/// Most trailer fields accepted after the last chunk.
 const MAX_TRAILERS: usize = 64;
 
 /// Where in the body the next bytes belong.
@@ -31,9 +31,11 @@ pub enum Decoder {
 }
 
 /// What the buffered bytes gave.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Step {
     Data(Bytes),
+    /// The body ended with these trailer fields (invalid ones left out).
+    Trailers(HeaderMap),
     /// The body ended.
     End,
     /// More bytes are needed.
@@ -41,11 +43,30 @@ pub enum Step {
 }
 
 impl Decoder {
-    pub fn new(framing: Framing) -> Decoder {
-        match framing {
-            Framing::Length(n) => Decoder::Length(n),
-            Framing::Chunked => Decoder::ChunkSize,
-            Framing::Empty | Framing::Refused(_) => Decoder::Done,
+    /// A body of `n` bytes.
+    pub fn length(n: u64) -> Decoder {
+        Decoder::Length(n)
+    }
+
+    /// A chunked body.
+    pub fn chunked() -> Decoder {
+        Decoder::ChunkSize
+    }
+
+    /// Bytes certainly still due: the rest of a `Content-Length` body or of the current
+    /// chunk (for sizing reads).
+    pub fn due(&self) -> Option<u64> {
+        match *self {
+            Decoder::Length(n) | Decoder::ChunkData(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// What is left of a `Content-Length` body.
+    pub fn length_left(&self) -> Option<u64> {
+        match *self {
+            Decoder::Length(n) => Some(n),
+            _ => None,
         }
     }
 
@@ -67,7 +88,7 @@ impl Decoder {
         loop {
             match *self {
                 Decoder::Done => return Ok(Step::End),
-                Decoder::Failed => return Err("request body already failed"),
+                Decoder::Failed => return Err("body already failed"),
                 Decoder::Length(0) => {
                     *self = Decoder::Done;
                     return Ok(Step::End);
@@ -131,20 +152,27 @@ impl Decoder {
         }
     }
 
-    /// Trailer fields: read whole, then dropped (nothing upstream asks for them).
+    /// Trailer fields, read whole.
     fn trailers(&mut self, buf: &mut BytesMut, max_trailers: usize) -> Result<Step, &'static str> {
         let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILERS];
         match httparse::parse_headers(buf, &mut fields) {
-            Ok(httparse::Status::Complete((used, _))) => {
+            Ok(httparse::Status::Complete((used, fields))) => {
+                let mut trailers = HeaderMap::with_capacity(fields.len());
+                for field in fields {
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(field.name.as_bytes()),
+                        HeaderValue::from_bytes(field.value),
+                    ) {
+                        trailers.append(name, value);
+                    }
+                }
                 buf.advance(used);
                 *self = Decoder::Done;
-                Ok(Step::End)
+                Ok(Step::Trailers(trailers))
             }
-            Ok(httparse::Status::Partial) if buf.len() > max_trailers => {
-                Err("request trailers too large")
-            }
+            Ok(httparse::Status::Partial) if buf.len() > max_trailers => Err("trailers too large"),
             Ok(httparse::Status::Partial) => Ok(Step::More),
-            Err(_) => Err("malformed request trailers"),
+            Err(_) => Err("malformed trailers"),
         }
     }
 
@@ -160,18 +188,17 @@ mod tests {
 
     /// Feeds `wire` in pieces of `piece` bytes; returns the body or the error.
     fn decode(
-        framing: Framing,
+        mut decoder: Decoder,
         wire: &[u8],
         piece: usize,
     ) -> Result<(Vec<u8>, Vec<u8>), &'static str> {
-        let mut decoder = Decoder::new(framing);
         let mut buf = BytesMut::new();
         let mut body = Vec::new();
         let mut pieces = wire.chunks(piece.max(1));
         loop {
             match decoder.step(&mut buf, 1024)? {
                 Step::Data(data) => body.extend_from_slice(&data),
-                Step::End => return Ok((body, buf.to_vec())),
+                Step::End | Step::Trailers(_) => return Ok((body, buf.to_vec())),
                 Step::More => match pieces.next() {
                     Some(p) => buf.extend_from_slice(p),
                     None => return Err("cut off"),
@@ -183,22 +210,22 @@ mod tests {
     #[test]
     fn length_bodies_stop_at_their_length() {
         for piece in [1, 3, 100] {
-            let (body, rest) = decode(Framing::Length(5), b"helloGET /", piece).unwrap();
+            let (body, rest) = decode(Decoder::length(5), b"helloGET /", piece).unwrap();
             assert_eq!(body, b"hello");
             assert!(b"GET /".starts_with(&rest), "{rest:?}");
         }
-        assert_eq!(decode(Framing::Length(5), b"hel", 1), Err("cut off"));
+        assert_eq!(decode(Decoder::length(5), b"hel", 1), Err("cut off"));
     }
 
     #[test]
     fn chunked_bodies_in_any_pieces() {
         let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\n6\r\nworld!\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         for piece in 1..wire.len() {
-            let (body, rest) = decode(Framing::Chunked, wire, piece).unwrap();
+            let (body, rest) = decode(Decoder::chunked(), wire, piece).unwrap();
             assert_eq!(body, b"hello world!", "piece {piece}");
             assert!(b"NEXT".starts_with(&rest));
         }
-        let (body, rest) = decode(Framing::Chunked, b"0\r\n\r\nGET", 64).unwrap();
+        let (body, rest) = decode(Decoder::chunked(), b"0\r\n\r\nGET", 64).unwrap();
         assert!(body.is_empty());
         assert_eq!(rest, b"GET");
     }
@@ -215,14 +242,14 @@ mod tests {
         ] {
             for piece in [1, 4, 64] {
                 assert!(
-                    matches!(decode(Framing::Chunked, wire, piece), Err(e) if e != "cut off"),
+                    matches!(decode(Decoder::chunked(), wire, piece), Err(e) if e != "cut off"),
                     "{wire:?} in pieces of {piece}"
                 );
             }
         }
         let long_line = [b'1'; MAX_CHUNK_LINE + 2];
-        assert!(decode(Framing::Chunked, &long_line, 512).is_err());
-        let mut decoder = Decoder::new(Framing::Chunked);
+        assert!(decode(Decoder::chunked(), &long_line, 512).is_err());
+        let mut decoder = Decoder::chunked();
         let mut buf = BytesMut::from(&b"x\r\n"[..]);
         assert!(decoder.step(&mut buf, 1024).is_err());
         assert_eq!(decoder, Decoder::Failed);
@@ -244,7 +271,7 @@ mod tests {
             }
             wire.extend_from_slice(b"0\r\n\r\n");
             let piece = rng.usize(1..40);
-            let (body, rest) = decode(Framing::Chunked, &wire, piece).unwrap();
+            let (body, rest) = decode(Decoder::chunked(), &wire, piece).unwrap();
             assert_eq!(body, expected);
             assert!(rest.is_empty());
         }
