@@ -127,6 +127,14 @@ impl Drop for State {
 #[derive(Debug, Clone, Copy)]
 pub struct RefusedFraming(pub &'static str);
 
+/// Response extension: header fields already in HTTP/1.1 form (`name: value\r\n` lines,
+/// no framing fields), which the HTTP/1.1 connection writes after the response's own. A
+/// static file's whole-variant `200` carries its prepared fields this way instead of a
+/// copy of them in a header map per response; only set for HTTP/1 requests (HTTP/2
+/// responses carry every field in the map).
+#[derive(Debug, Clone)]
+pub struct EncodedFields(pub bytes::Bytes);
+
 /// What is known about the client connection a request arrived on.
 #[derive(Debug)]
 pub struct ConnInfo {
@@ -146,12 +154,31 @@ pub struct ConnInfo {
     pub sendfile: Option<crate::sendfile::Slot>,
 }
 
+/// A request's answer and its id. The connection puts the id on the response head
+/// (`X-Request-Id`, replacing any the response carries): HTTP/1.1 writes it while encoding
+/// the head, so the response's header map never grows for it; HTTP/2 inserts it.
+pub struct Handled {
+    pub response: Response<GatewayBody>,
+    pub request_id: HeaderValue,
+}
+
+impl Handled {
+    /// The response with `X-Request-Id` in its headers (for HTTP/2).
+    pub fn into_response(self) -> Response<GatewayBody> {
+        let mut response = self.response;
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), self.request_id);
+        response
+    }
+}
+
 /// The connection's entry point: never fails; every error is a response.
 pub async fn handle(
     state: Arc<State>,
     conn: Arc<ConnInfo>,
     req: Request<RequestBody>,
-) -> Result<Response<GatewayBody>, Infallible> {
+) -> Result<Handled, Infallible> {
     let start = Instant::now();
     let method = MethodClass::of(req.method());
     let request_id = headers::request_id(req.headers());
@@ -177,7 +204,7 @@ pub async fn handle(
     let mut labels = Labels::default();
     let routed = route_and_forward(&state, &conn, req, &request_id, &mut labels);
     // Events below the handler (proxy, JWT, static files) take the id from here.
-    let mut response = match observability::in_request(&request_id, routed).await {
+    let response = match observability::in_request(&request_id, routed).await {
         Ok(response) => response,
         Err(e) => {
             let id = observability::id_str(&request_id);
@@ -188,9 +215,6 @@ pub async fn handle(
             e.into_response()
         }
     };
-    response
-        .headers_mut()
-        .insert(X_REQUEST_ID.clone(), request_id);
     // Metrics and the access log are written when the body is done (or abandoned).
     let completion = Completion {
         route: state.metrics.route(labels.route_index).clone(),
@@ -214,7 +238,10 @@ pub async fn handle(
         }
         None => http_body_util::BodyExt::boxed_unsync(MeteredBody::new(body, completion)),
     };
-    Ok(Response::from_parts(parts, body))
+    Ok(Handled {
+        response: Response::from_parts(parts, body),
+        request_id,
+    })
 }
 
 /// Names for the access log, filled in as the request travels.
@@ -304,7 +331,11 @@ async fn route_and_forward(
             // The normalised path (`path` borrows from the request taken apart here).
             let sendfile = conn.sendfile.as_ref();
             match site.serve(&parts, path_and_query.path(), sendfile).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    // The request's map has room for the next request's fields.
+                    crate::header_maps::give(parts.headers);
+                    return Ok(response);
+                }
                 Err(_) if site.fallback_upstream() && upstream.is_some() => {
                     req = Request::from_parts(parts, body);
                     *upstream

@@ -30,7 +30,8 @@ pub fn take(fields: usize) -> HeaderMap {
 
 /// Gives `map` back once its fields are no longer needed (they are dropped now).
 pub fn give(mut map: HeaderMap) {
-    if map.capacity() > MAX_KEPT_CAPACITY {
+    // A map that never held a field (a static response's) has no storage worth keeping.
+    if map.capacity() == 0 || map.capacity() > MAX_KEPT_CAPACITY {
         return;
     }
     map.clear();

@@ -59,6 +59,36 @@ async fn client_request_id_is_kept_when_well_formed() {
 }
 
 #[tokio::test]
+async fn upstream_request_id_is_replaced_by_the_gateways() {
+    // An upstream's own X-Request-Id (two of them, even) never reaches the client: the
+    // response carries exactly one, the id the upstream was sent, over HTTP/1.1 and HTTP/2.
+    let up = TestUpstream::start(|_| async {
+        http::Response::builder()
+            .header("X-Request-Id", "made-upstream")
+            .header("X-Request-Id", "made-upstream-2")
+            .header("X-Kept", "1")
+            .body(full("ok"))
+            .unwrap()
+    })
+    .await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let h1 = reqwest::Client::new();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (client, version) in [(h1, http::Version::HTTP_11), (h2, http::Version::HTTP_2)] {
+        let res = client.get(gw.url("http", "/")).send().await.unwrap();
+        assert_eq!(res.version(), version);
+        let ids: Vec<_> = res.headers().get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{version:?}: {ids:?}");
+        assert_eq!(ids[0], up.last().headers["x-request-id"]);
+        assert_eq!(res.headers()["x-kept"], "1");
+        assert_eq!(res.text().await.unwrap(), "ok");
+    }
+}
+
+#[tokio::test]
 async fn trusted_proxy_forwarded_for_is_appended() {
     let up = TestUpstream::echo().await;
     let yaml = simple_yaml(up.addr, "", "  trusted_proxies: [127.0.0.0/8]");

@@ -293,6 +293,61 @@ async fn head_sends_headers_only_with_the_real_length() {
 }
 
 #[tokio::test]
+async fn every_protocol_gets_the_same_fields() {
+    // A whole-variant GET over HTTP/1 is written from prepared bytes; HTTP/2, HEAD and the
+    // other statuses build a header map. The fields must not differ.
+    let site = Site::start().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let fields = |hd: &HeaderMap| {
+        let mut v: Vec<(String, String)> = hd
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "date" | "x-request-id"))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        v.sort();
+        v
+    };
+    for (path, encoding) in [
+        ("/static/css/app.css", "identity"),
+        ("/static/css/app.css", "br"),
+        ("/static/css/app.css", "gzip"),
+        ("/static/big.bin", "identity"),
+    ] {
+        let ae = [("Accept-Encoding", encoding)];
+        let (status, h1, body1) = get(&site.url(path), &ae).await;
+        assert_eq!(status, 200);
+        assert_eq!(h1.get_all("x-request-id").iter().count(), 1);
+        assert_eq!(h1.get_all("content-type").iter().count(), 1);
+        let (status, over_h2, body2) = fetch(&h2, &site.url(path), &ae).await;
+        assert_eq!(status, 200);
+        assert_eq!(fields(&h1), fields(&over_h2), "{path} {encoding}");
+        assert_eq!(body1, body2);
+
+        let header = format!("Accept-Encoding: {encoding}");
+        let head = raw(site.addr(), "HEAD", path, &[header.as_str()]).await;
+        let http10 = common::raw_exchange_parsed(
+            site.addr(),
+            format!("GET {path} HTTP/1.0\r\n{header}\r\n\r\n"),
+            Duration::from_secs(10),
+        )
+        .await;
+        for r in [&head, &http10] {
+            let mut v: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .filter(|(n, _)| !matches!(n.as_str(), "date" | "x-request-id" | "connection"))
+                .cloned()
+                .collect();
+            v.sort();
+            assert_eq!(v, fields(&h1), "{path} {encoding}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn folders_indexes_and_methods() {
     let site = Site::start().await;
     let (status, hd, body) = get(&site.url("/static/docs/"), &[]).await;

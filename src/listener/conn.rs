@@ -159,7 +159,7 @@ pub async fn serve<I>(
         let in_flight = streams.start();
         let handled = handler::handle(state.load_full(), info.clone(), req.map(RequestBody::Http2));
         async move {
-            let response = handled.await?;
+            let response = handled.await?.into_response();
             Ok::<_, std::convert::Infallible>(response.map(|inner| {
                 let counted = streams::Counted {
                     inner,

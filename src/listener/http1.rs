@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
@@ -49,9 +49,10 @@ use tokio_util::sync::CancellationToken;
 use super::body::RequestBody;
 use super::upgrade;
 use crate::error::{BoxError, GatewayBody};
-use crate::handler::{self, ConnInfo, RefusedFraming, State};
+use crate::handler::{self, ConnInfo, EncodedFields, RefusedFraming, State};
 use crate::http1_body::{Decoder, Step};
 use crate::proxy::h1::push_decimal;
+use crate::proxy::headers::X_REQUEST_ID;
 use crate::sendfile::Zerocopy;
 use head::{Framing, Parsed, Reject};
 
@@ -475,15 +476,22 @@ where
             request.extensions_mut().insert(rx);
             asked.upgrade = Some(tx);
         }
-        let response = match handler::handle(state.load_full(), self.info.clone(), request).await {
-            Ok(response) => response,
+        let handled = match handler::handle(state.load_full(), self.info.clone(), request).await {
+            Ok(handled) => handled,
             Err(never) => match never {},
         };
-        self.respond(response, asked).await
+        self.respond(handled.response, Some(&handled.request_id), asked)
+            .await
     }
 
-    /// Writes `response` and decides what comes after it.
-    async fn respond(&mut self, response: Response<GatewayBody>, asked: Asked) -> Next {
+    /// Writes `response` (with `X-Request-Id: request_id` when given) and decides what comes
+    /// after it.
+    async fn respond(
+        &mut self,
+        response: Response<GatewayBody>,
+        request_id: Option<&HeaderValue>,
+        asked: Asked,
+    ) -> Next {
         let (parts, body) = response.into_parts();
         let status = parts.status;
         let switching = status == StatusCode::SWITCHING_PROTOCOLS;
@@ -526,6 +534,8 @@ where
             status,
             parts.extensions.get::<hyper::ext::ReasonPhrase>(),
             &parts.headers,
+            parts.extensions.get::<EncodedFields>(),
+            request_id,
             Announce {
                 length,
                 chunked,
@@ -784,6 +794,8 @@ where
             status,
             None,
             &headers,
+            None,
+            None,
             Announce {
                 length: Some(body.len() as u64),
                 chunked: false,
@@ -848,12 +860,15 @@ struct Announce {
 }
 
 /// Writes the status line and header fields (without the final empty line); returns
-/// whether the headers' own `Connection` says `close`.
+/// whether the headers' own `Connection` says `close`. A `request_id` is written as
+/// `X-Request-Id` in place of any the headers hold.
 fn encode_head(
     dst: &mut Vec<u8>,
     status: StatusCode,
     reason: Option<&hyper::ext::ReasonPhrase>,
     headers: &HeaderMap,
+    encoded: Option<&EncodedFields>,
+    request_id: Option<&HeaderValue>,
     framing: Announce,
 ) -> bool {
     let mut close = false;
@@ -867,7 +882,10 @@ fn encode_head(
     }
     dst.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        if *name == TRANSFER_ENCODING || (*name == CONTENT_LENGTH && !framing.bodiless) {
+        if *name == TRANSFER_ENCODING
+            || (*name == CONTENT_LENGTH && !framing.bodiless)
+            || (request_id.is_some() && *name == X_REQUEST_ID)
+        {
             continue;
         }
         if *name == CONNECTION {
@@ -877,6 +895,14 @@ fn encode_head(
         dst.extend_from_slice(name.as_str().as_bytes());
         dst.extend_from_slice(b": ");
         dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    if let Some(EncodedFields(fields)) = encoded {
+        dst.extend_from_slice(fields);
+    }
+    if let Some(id) = request_id {
+        dst.extend_from_slice(b"x-request-id: ");
+        dst.extend_from_slice(id.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
     if let Some(n) = framing.length {

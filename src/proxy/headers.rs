@@ -118,8 +118,8 @@ fn generate_request_id() -> HeaderValue {
         pair[0] = HEX[usize::from(byte & 0xf)];
         pair[1] = HEX[usize::from(byte >> 4)];
     }
-    // Shared from the start: the id is cloned into the upstream request and the response,
-    // and a plain copy would allocate again on its first clone. Only hex digits: always a
+    // Shared from the start: the id is cloned into the upstream request (and the HTTP/2
+    // response), and a plain copy would allocate again on its first clone. Only hex digits: always a
     // valid header value.
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(out))
         .unwrap_or_else(|_| HeaderValue::from_static("0"))

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 
 use super::body;
@@ -60,6 +61,9 @@ pub struct Variant {
     /// Every header of a `200` carrying this whole variant. A response starts as a clone of
     /// it: no formatting, no hashing of header names per request.
     pub headers: HeaderMap,
+    /// The same fields but `Content-Length`, encoded for HTTP/1.1: a whole-variant `GET` over
+    /// HTTP/1 sends these bytes as they are ([`crate::handler::EncodedFields`]).
+    pub encoded: Bytes,
 }
 
 /// A resolved file and everything needed to answer for it.
@@ -142,6 +146,7 @@ impl Entry {
             .map(|v| respond::full_headers(&entry, v))
             .collect();
         for (v, headers) in entry.variants.iter_mut().zip(prepared) {
+            v.encoded = respond::encode_fields(&headers);
             v.headers = headers;
         }
         entry
@@ -181,6 +186,7 @@ fn variant(encoding: Encoding, len: u64, source: Stamp, body: Body) -> Variant {
         etag: HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"0\"")),
         body,
         headers: HeaderMap::new(),
+        encoded: Bytes::new(),
     }
 }
 

@@ -2,9 +2,10 @@
 //! variant (`Accept-Encoding`), answers 304 for a current validator, 206/416 for ranges, and
 //! sends headers only for HEAD.
 //!
-//! Every header of a whole-variant `200` is prepared once per variant ([`full_headers`]), so
-//! the common answer is a clone of that map plus the body; conditional and range requests
-//! adjust the clone.
+//! Every header of a whole-variant `200` is prepared once per variant ([`full_headers`]),
+//! and once more encoded for HTTP/1.1 ([`encode_fields`]): the common answer, a `GET` of the
+//! whole variant over HTTP/1, is those bytes plus the body; other answers start from a clone
+//! of the map (conditional and range requests adjust it).
 
 use std::fs::File;
 
@@ -14,13 +15,14 @@ use http::header::{
     CONTENT_TYPE, ETAG, LAST_MODIFIED, VARY, X_CONTENT_TYPE_OPTIONS,
 };
 use http::request::Parts;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
 
 use super::body;
 use super::cache::{Entry, Variant};
 use super::negotiate::{self, Encoding, Present, RangeOutcome};
 use super::resolve::Body;
 use crate::error::GatewayBody;
+use crate::handler::EncodedFields;
 use crate::sendfile::Slot;
 
 /// Open file handles moved out of an owned entry, by variant index.
@@ -61,6 +63,22 @@ pub fn full_headers(entry: &Entry, variant: &Variant) -> HeaderMap {
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(variant.len));
     headers
+}
+
+/// `headers` but `Content-Length` as HTTP/1.1 field lines (the connection writes the
+/// framing).
+pub fn encode_fields(headers: &HeaderMap) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    for (name, value) in headers {
+        if name == CONTENT_LENGTH {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    Bytes::from(out)
 }
 
 /// The variant to send.
@@ -114,8 +132,8 @@ fn respond_stored(
     sendfile: Option<&Slot>,
 ) -> Option<Response<GatewayBody>> {
     let get = parts.method == Method::GET;
-    let mut headers = variant.headers.clone();
     if present.conditional && not_modified(parts, &variant.etag, entry) {
+        let mut headers = variant.headers.clone();
         headers.remove(ACCEPT_RANGES);
         headers.remove(CONTENT_LENGTH);
         return Some(build(StatusCode::NOT_MODIFIED, headers, body::empty()));
@@ -132,6 +150,23 @@ fn respond_stored(
         RangeOutcome::Full
     };
     let file = files.and_then(|mut files| files.get_mut(index).and_then(Option::take));
+    let mut headers = match outcome {
+        // The common answer: the prepared bytes, no header map to fill, copy or encode. The
+        // connection writes `Content-Length` from the body's exact size (a streamed file
+        // has none: it keeps the map and its `Content-Length`).
+        RangeOutcome::Full if get && parts.version < Version::HTTP_2 => {
+            let body = variant_body(variant, file, 0, len, sendfile)?;
+            if http_body::Body::size_hint(&body).exact() == Some(len) {
+                let mut response = Response::new(body);
+                response
+                    .extensions_mut()
+                    .insert(EncodedFields(variant.encoded.clone()));
+                return Some(response);
+            }
+            return Some(build(StatusCode::OK, variant.headers.clone(), body));
+        }
+        _ => variant.headers.clone(),
+    };
     let (status, start, count) = match outcome {
         RangeOutcome::Full => (StatusCode::OK, 0, len),
         RangeOutcome::Partial { start, end } => {

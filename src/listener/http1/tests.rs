@@ -167,8 +167,40 @@ fn encoded(status: StatusCode, headers: &[(&str, &str)], announce: Announce) -> 
         );
     }
     let mut dst = Vec::new();
-    encode_head(&mut dst, status, None, &map, announce);
+    encode_head(&mut dst, status, None, &map, None, None, announce);
     String::from_utf8(dst).unwrap()
+}
+
+#[test]
+fn the_request_id_replaces_the_responses_own() {
+    let mut map = HeaderMap::new();
+    map.append(
+        "x-request-id",
+        http::HeaderValue::from_static("from-upstream"),
+    );
+    map.append("x-a", http::HeaderValue::from_static("1"));
+    map.append("x-request-id", http::HeaderValue::from_static("second"));
+    map.append("date", http::HeaderValue::from_static("then"));
+    let announce = Announce {
+        length: Some(0),
+        chunked: false,
+        bodiless: false,
+    };
+    let id = http::HeaderValue::from_static("abc123");
+    let mut dst = Vec::new();
+    encode_head(
+        &mut dst,
+        StatusCode::OK,
+        None,
+        &map,
+        None,
+        Some(&id),
+        announce,
+    );
+    assert_eq!(
+        String::from_utf8(dst).unwrap(),
+        "HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: then\r\nx-request-id: abc123\r\ncontent-length: 0\r\n"
+    );
 }
 
 #[test]
