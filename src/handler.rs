@@ -127,13 +127,19 @@ impl Drop for State {
 #[derive(Debug, Clone, Copy)]
 pub struct RefusedFraming(pub &'static str);
 
-/// Response extension: header fields already in HTTP/1.1 form (`name: value\r\n` lines,
-/// no framing fields), which the HTTP/1.1 connection writes after the response's own. A
-/// static file's whole-variant `200` carries its prepared fields this way instead of a
-/// copy of them in a header map per response; only set for HTTP/1 requests (HTTP/2
-/// responses carry every field in the map).
+/// Header fields already in HTTP/1.1 form (`name: value\r\n` lines), which the HTTP/1.1
+/// connection writes after the response's own ([`Reply::fields`]). A static file's
+/// whole-variant `200` carries its prepared fields this way, and a proxied response the
+/// upstream's (filtered) field lines, instead of a header map built, copied and encoded
+/// per response. Only set for HTTP/1 clients: HTTP/2 responses carry every field in the
+/// map.
 #[derive(Debug, Clone)]
-pub struct EncodedFields(pub bytes::Bytes);
+pub struct EncodedFields {
+    /// No `Transfer-Encoding`, and `Content-Length` only for a response sent without a body.
+    pub fields: bytes::Bytes,
+    /// The fields include `Date` (the connection adds one otherwise).
+    pub dated: bool,
+}
 
 /// What is known about the client connection a request arrived on.
 #[derive(Debug)]
@@ -154,17 +160,39 @@ pub struct ConnInfo {
     pub sendfile: Option<crate::sendfile::Slot>,
 }
 
+/// A response, and for an HTTP/1 client possibly its fields already encoded (written after
+/// the response's own header map, which is then usually empty).
+pub struct Reply {
+    pub response: Response<GatewayBody>,
+    pub fields: Option<EncodedFields>,
+}
+
+impl From<Response<GatewayBody>> for Reply {
+    fn from(response: Response<GatewayBody>) -> Reply {
+        Reply {
+            response,
+            fields: None,
+        }
+    }
+}
+
 /// A request's answer and its id. The connection puts the id on the response head
 /// (`X-Request-Id`, replacing any the response carries): HTTP/1.1 writes it while encoding
 /// the head, so the response's header map never grows for it; HTTP/2 inserts it.
 pub struct Handled {
     pub response: Response<GatewayBody>,
     pub request_id: HeaderValue,
+    /// See [`Reply::fields`]: only ever set for HTTP/1 requests.
+    pub fields: Option<EncodedFields>,
 }
 
 impl Handled {
     /// The response with `X-Request-Id` in its headers (for HTTP/2).
     pub fn into_response(self) -> Response<GatewayBody> {
+        debug_assert!(
+            self.fields.is_none(),
+            "encoded fields for an HTTP/2 response"
+        );
         let mut response = self.response;
         response
             .headers_mut()
@@ -204,15 +232,15 @@ pub async fn handle(
     let mut labels = Labels::default();
     let routed = route_and_forward(&state, &conn, req, &request_id, &mut labels);
     // Events below the handler (proxy, JWT, static files) take the id from here.
-    let response = match observability::in_request(&request_id, routed).await {
-        Ok(response) => response,
+    let Reply { response, fields } = match observability::in_request(&request_id, routed).await {
+        Ok(reply) => reply,
         Err(e) => {
             let id = observability::id_str(&request_id);
             tracing::debug!(request_id = %id, error = %e, side = ?e.side(), "request failed");
             if e.status().is_server_error() {
                 tracing::warn!(request_id = %id, error = %e, "upstream error");
             }
-            e.into_response()
+            e.into_response().into()
         }
     };
     // Metrics and the access log are written when the body is done (or abandoned).
@@ -241,6 +269,7 @@ pub async fn handle(
     Ok(Handled {
         response: Response::from_parts(parts, body),
         request_id,
+        fields,
     })
 }
 
@@ -261,10 +290,10 @@ async fn route_and_forward(
     req: Request<RequestBody>,
     request_id: &HeaderValue,
     labels: &mut Labels,
-) -> Result<Response<GatewayBody>, GatewayError> {
+) -> Result<Reply, GatewayError> {
     check_framing(&req)?;
     if let Some(port) = conn.redirect_https {
-        return redirect_to_https(&req, port);
+        return redirect_to_https(&req, port).map(Reply::from);
     }
 
     let path = crate::path::normalize(req.uri().path()).map_err(GatewayError::BadPath)?;
@@ -331,10 +360,10 @@ async fn route_and_forward(
             // The normalised path (`path` borrows from the request taken apart here).
             let sendfile = conn.sendfile.as_ref();
             match site.serve(&parts, path_and_query.path(), sendfile).await {
-                Ok(response) => {
+                Ok(reply) => {
                     // The request's map has room for the next request's fields.
                     crate::header_maps::give(parts.headers);
-                    return Ok(response);
+                    return Ok(reply);
                 }
                 Err(_) if site.fallback_upstream() && upstream.is_some() => {
                     req = Request::from_parts(parts, body);
@@ -383,7 +412,7 @@ async fn route_and_forward(
             if state.settings.logging.access_log {
                 labels.server.push_str(forwarded.server);
             }
-            Ok(forwarded.response)
+            Ok(forwarded.reply)
         }
     }
 }

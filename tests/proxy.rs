@@ -88,6 +88,80 @@ async fn upstream_request_id_is_replaced_by_the_gateways() {
     }
 }
 
+/// An upstream that answers every request on a connection with `response` as written.
+async fn raw_upstream(response: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_fields_never_reach_the_client() {
+    // Over HTTP/1.1 the upstream's fields pass through as bytes, over HTTP/2 through a
+    // header map: both drop the same fields and keep the same ones.
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nConnection: X-Secret, keep-alive\r\nX-Secret: 1\r\n\
+          Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+          Trailer: X-T\r\nUpgrade: h2c\r\nX-Request-Id: upstream\r\nSet-Cookie: a=1\r\n\
+          Set-Cookie: b=2\r\nDate: Mon, 23 Nov 2026 00:00:00 GMT\r\nServer: raw\r\n\
+          Content-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = TestGateway::start(&simple_yaml(up, "", "")).await;
+    let h1 = reqwest::Client::new();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (client, version) in [(h1, http::Version::HTTP_11), (h2, http::Version::HTTP_2)] {
+        for _ in 0..2 {
+            let res = client.get(gw.url("http", "/")).send().await.unwrap();
+            assert_eq!(res.version(), version);
+            let h = res.headers();
+            for gone in [
+                "x-secret",
+                "keep-alive",
+                "proxy-connection",
+                "te",
+                "trailer",
+                "upgrade",
+                "transfer-encoding",
+            ] {
+                assert!(!h.contains_key(gone), "{version:?}: {gone} passed");
+            }
+            assert_ne!(h["x-request-id"], "upstream");
+            assert_eq!(h.get_all("x-request-id").iter().count(), 1);
+            let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+            assert_eq!(cookies, ["a=1", "b=2"], "{version:?}");
+            assert_eq!(h.get_all("date").iter().count(), 1, "{version:?}");
+            assert_eq!(h["date"], "Mon, 23 Nov 2026 00:00:00 GMT");
+            assert_eq!(h["server"], "raw");
+            assert_eq!(res.text().await.unwrap(), "ok");
+        }
+    }
+}
+
 #[tokio::test]
 async fn trusted_proxy_forwarded_for_is_appended() {
     let up = TestUpstream::echo().await;

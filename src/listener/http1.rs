@@ -480,16 +480,22 @@ where
             Ok(handled) => handled,
             Err(never) => match never {},
         };
-        self.respond(handled.response, Some(&handled.request_id), asked)
-            .await
+        self.respond(
+            handled.response,
+            Some(&handled.request_id),
+            handled.fields.as_ref(),
+            asked,
+        )
+        .await
     }
 
-    /// Writes `response` (with `X-Request-Id: request_id` when given) and decides what comes
-    /// after it.
+    /// Writes `response` (with `X-Request-Id: request_id` and the encoded `fields` when
+    /// given) and decides what comes after it.
     async fn respond(
         &mut self,
         response: Response<GatewayBody>,
         request_id: Option<&HeaderValue>,
+        fields: Option<&EncodedFields>,
         asked: Asked,
     ) -> Next {
         let (parts, body) = response.into_parts();
@@ -534,7 +540,7 @@ where
             status,
             parts.extensions.get::<hyper::ext::ReasonPhrase>(),
             &parts.headers,
-            parts.extensions.get::<EncodedFields>(),
+            fields,
             request_id,
             Announce {
                 length,
@@ -897,8 +903,9 @@ fn encode_head(
         dst.extend_from_slice(value.as_bytes());
         dst.extend_from_slice(b"\r\n");
     }
-    if let Some(EncodedFields(fields)) = encoded {
-        dst.extend_from_slice(fields);
+    if let Some(encoded) = encoded {
+        dst.extend_from_slice(&encoded.fields);
+        dated |= encoded.dated;
     }
     if let Some(id) = request_id {
         dst.extend_from_slice(b"x-request-id: ");

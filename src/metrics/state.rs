@@ -228,7 +228,7 @@ impl UpstreamMetrics {
         let (server, failed) = match result {
             Ok(forwarded) => (
                 forwarded.server,
-                forwarded.response.status().is_server_error(),
+                forwarded.reply.response.status().is_server_error(),
             ),
             Err(
                 GatewayError::UpstreamConnect { server, .. }

@@ -40,6 +40,9 @@ pub struct Limits {
     /// peak-EWMA (`p2c`); connection setup is left out, so a fresh connection's first
     /// request does not make a fast server look slow.
     pub track_latency: bool,
+    /// The client speaks HTTP/1: the response's fields may stay encoded as the upstream
+    /// sent them (see `h1::parse_head`).
+    pub pass_fields: bool,
 }
 
 /// Sends `request` (origin-form URI, `Host` set) to `server`; on success returns the
@@ -66,7 +69,8 @@ pub async fn send(
         Unsent::Request(request) => {
             let (parts, body) = request.into_parts();
             let scratch = conn.take_scratch();
-            let out = Outgoing::new(scratch, &parts.method, &parts.uri, &parts.headers, body);
+            let mut out = Outgoing::new(scratch, &parts.method, &parts.uri, &parts.headers, body);
+            out.pass_response_fields(limits.pass_fields);
             // The head is encoded: nothing of the request's parts is held while the
             // server answers.
             crate::header_maps::give(parts.headers);
@@ -173,6 +177,7 @@ mod tests {
             response_timeout: Duration::from_secs(5),
             body_limit: 1024,
             track_latency: true,
+            pass_fields: false,
         }
     }
 

@@ -616,3 +616,93 @@ async fn random_response_bytes_never_panic_or_hang() {
         }
     }
 }
+
+/// The fields a response passed through encoded carries, as (lower-case name, value).
+fn passed(head: &Head) -> Vec<(String, String)> {
+    let encoded = head.encoded.as_ref().expect("fields passed encoded");
+    let text = std::str::from_utf8(&encoded.fields).unwrap();
+    let mut fields: Vec<(String, String)> = text
+        .split_terminator("\r\n")
+        .map(|line| {
+            let (n, v) = line.split_once(": ").unwrap();
+            (n.to_ascii_lowercase(), v.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        encoded.dated,
+        fields.iter().any(|(n, _)| n == "date"),
+        "dated flag"
+    );
+    fields.sort();
+    fields
+}
+
+#[test]
+fn passed_fields_are_the_filtered_map() {
+    // Each head parsed both ways: kept encoded for an HTTP/1 client, or into a map that
+    // prepare_response filters (HTTP/2 clients). The client must get the same fields,
+    // but X-Request-Id (the connection writes the gateway's) and Content-Length (the
+    // connection writes the framing; kept on a response sent without a body).
+    let heads: &[(&str, bool)] = &[
+        ("HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Mon, 23 Nov 2026 00:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 12\r\nConnection: keep-alive\r\n\r\n", false),
+        ("HTTP/1.1 200 OK\r\nConnection: X-Secret, close\r\nX-Secret: 1\r\nx-secret: 2\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Kept: a\r\nX-Kept: b\r\nX-Request-Id: upstream\r\nContent-Length: 3\r\n\r\n", false),
+        ("HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nVary: Accept-Encoding\r\n\r\n", false),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 99\r\nETag: \"x\"\r\n\r\n", true),
+        ("HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nContent-Length: 99\r\nConnection: ,,keep-alive , ETag\r\n\r\n", false),
+        ("HTTP/1.0 200 OK\r\nX-Obs: café\r\nX-Tab: a\tb\r\nX-Empty:\r\n\r\n", false),
+        ("HTTP/1.1 204 No Content\r\nCONNECTION: Keep-Alive, x-drop\r\nX-DROP: 1\r\nX-Keep: 1\r\n\r\n", false),
+    ];
+    for (raw, head_request) in heads {
+        let mut a = BytesMut::from(raw.as_bytes());
+        let mut b = BytesMut::from(raw.as_bytes());
+        let encoded = parse_head(&mut a, *head_request, true).unwrap().unwrap();
+        let mapped = parse_head(&mut b, *head_request, false).unwrap().unwrap();
+        assert!(a.is_empty() && b.is_empty());
+        assert_eq!(encoded.framing, mapped.framing, "{raw:?}");
+        assert_eq!(encoded.keep_alive, mapped.keep_alive, "{raw:?}");
+        assert!(encoded.response.headers().is_empty());
+        let status = mapped.response.status();
+        let bodiless =
+            *head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let (mut parts, ()) = mapped.response.into_parts();
+        crate::proxy::headers::prepare_response(&mut parts.headers, false);
+        let mut expected: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != "x-request-id" && (bodiless || *n != "content-length"))
+            .map(|(n, v)| {
+                let v = String::from_utf8(v.as_bytes().to_vec()).unwrap();
+                (n.as_str().to_owned(), v)
+            })
+            .collect();
+        expected.sort();
+        assert_eq!(passed(&encoded), expected, "{raw:?}");
+    }
+    // What neither way lets through.
+    let mut raw =
+        BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Secret: 1\r\nConnection: x-secret\r\n\r\n"[..]);
+    let head = parse_head(&mut raw, false, true).unwrap().unwrap();
+    assert!(passed(&head).is_empty());
+    for bad in [
+        &b"HTTP/1.1 200 OK\r\nX-Del: a\x7fb\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+    ] {
+        for pass in [true, false] {
+            let mut buf = BytesMut::from(bad);
+            assert!(parse_head(&mut buf, false, pass).is_err(), "{bad:?} {pass}");
+        }
+    }
+}
+
+#[test]
+fn switching_protocols_keeps_its_map() {
+    let raw =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let head = parse_head(&mut BytesMut::from(&raw[..]), false, true)
+        .unwrap()
+        .unwrap();
+    assert!(head.encoded.is_none());
+    assert_eq!(head.response.headers()["upgrade"], "websocket");
+}

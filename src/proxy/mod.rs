@@ -24,6 +24,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 
 use crate::error::{GatewayBody, GatewayError};
+use crate::handler::Reply;
 use crate::listener::upgrade::{self, OnUpgrade};
 use crate::listener::RequestBody;
 use crate::observability::id_str;
@@ -43,7 +44,8 @@ const CAP_POLL: Duration = Duration::from_millis(5);
 
 /// What a forwarded request produced, besides the response: which server answered.
 pub struct Forwarded<'u> {
-    pub response: Response<GatewayBody>,
+    /// The response, with the upstream's fields encoded when the client speaks HTTP/1.
+    pub reply: Reply,
     pub server: &'u str,
 }
 
@@ -66,6 +68,7 @@ pub async fn forward<'u>(
     body_limit: u64,
     hash: Option<u64>,
 ) -> Result<Forwarded<'u>, GatewayError> {
+    let client_http1 = req.version() < Version::HTTP_2;
     let websocket =
         req.version() == Version::HTTP_11 && headers::is_websocket_upgrade(req.headers());
     let client_upgrade = websocket.then(|| upgrade::on(&mut req)).flatten();
@@ -126,6 +129,7 @@ pub async fn forward<'u>(
         response_timeout: settings.response_timeout,
         body_limit,
         track_latency: upstream.tracks_latency(),
+        pass_fields: client_http1,
     };
     let attempts = 1 + settings.retries as usize;
     upstream.record_request();
@@ -161,7 +165,7 @@ pub async fn forward<'u>(
                     server.state.record_success();
                 }
                 return Ok(Forwarded {
-                    response: finish_response(
+                    reply: finish_response(
                         head,
                         conn,
                         &server.pool,
@@ -281,11 +285,12 @@ fn finish_response(
     client_upgrade: Option<OnUpgrade>,
     request_id: &HeaderValue,
     in_flight: InFlight,
-) -> Response<GatewayBody> {
+) -> Reply {
     let Head {
         response,
         framing,
         keep_alive,
+        encoded,
         ..
     } = head;
     let (mut parts, ()) = response.into_parts();
@@ -294,9 +299,11 @@ fn finish_response(
         splice_upgrade(client, conn, request_id.clone());
         // The body of a 101 is empty; the connection now belongs to the splice.
         headers::prepare_response(&mut parts.headers, true);
-        return Response::from_parts(parts, body::empty_body());
+        return Response::from_parts(parts, body::empty_body()).into();
     }
-    headers::prepare_response(&mut parts.headers, false);
+    if encoded.is_none() {
+        headers::prepare_response(&mut parts.headers, false);
+    }
     let body = if framing == Framing::Empty {
         // No body (HEAD, 204, 304, `Content-Length: 0`): the connection is free already.
         h1::release(pool, conn, keep_alive);
@@ -304,7 +311,11 @@ fn finish_response(
     } else {
         ResponseBody::new(conn, framing, keep_alive, Arc::clone(pool), in_flight).boxed_unsync()
     };
-    Response::from_parts(parts, body)
+    Reply {
+        response: Response::from_parts(parts, body),
+        // Filtered while parsing (the map is then empty).
+        fields: encoded,
+    }
 }
 
 /// Joins the client's upgraded connection and the upstream's once the client switched

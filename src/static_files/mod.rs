@@ -150,7 +150,7 @@ impl StaticSite {
         parts: &Parts,
         normalized_path: &str,
         sendfile: Option<&Slot>,
-    ) -> Result<Response<GatewayBody>, StaticMiss> {
+    ) -> Result<crate::handler::Reply, StaticMiss> {
         if parts.method != Method::GET && parts.method != Method::HEAD {
             return Err(StaticMiss::MethodNotAllowed);
         }
@@ -176,7 +176,7 @@ impl StaticSite {
                 let taken = respond::take_bodies(&mut entry);
                 respond::respond(parts, &entry, Some(taken), sendfile)
             }
-            Served::Ready(response) => Some(response),
+            Served::Ready(response) => Some(response.into()),
         };
         response.ok_or(StaticMiss::NotFound)
     }

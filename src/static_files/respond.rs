@@ -22,7 +22,7 @@ use super::cache::{Entry, Variant};
 use super::negotiate::{self, Encoding, Present, RangeOutcome};
 use super::resolve::Body;
 use crate::error::GatewayBody;
-use crate::handler::EncodedFields;
+use crate::handler::{EncodedFields, Reply};
 use crate::sendfile::Slot;
 
 /// Open file handles moved out of an owned entry, by variant index.
@@ -95,7 +95,7 @@ pub fn respond(
     entry: &Entry,
     files: Option<Files>,
     sendfile: Option<&Slot>,
-) -> Option<Response<GatewayBody>> {
+) -> Option<Reply> {
     let get = parts.method == Method::GET;
     let present = Present::scan(&parts.headers);
     let wants_range = get && present.range;
@@ -130,7 +130,7 @@ fn respond_stored(
     variant: &Variant,
     files: Option<Files>,
     sendfile: Option<&Slot>,
-) -> Option<Response<GatewayBody>> {
+) -> Option<Reply> {
     let get = parts.method == Method::GET;
     if present.conditional && not_modified(parts, &variant.etag, entry) {
         let mut headers = variant.headers.clone();
@@ -157,11 +157,13 @@ fn respond_stored(
         RangeOutcome::Full if get && parts.version < Version::HTTP_2 => {
             let body = variant_body(variant, file, 0, len, sendfile)?;
             if http_body::Body::size_hint(&body).exact() == Some(len) {
-                let mut response = Response::new(body);
-                response
-                    .extensions_mut()
-                    .insert(EncodedFields(variant.encoded.clone()));
-                return Some(response);
+                return Some(Reply {
+                    response: Response::new(body),
+                    fields: Some(EncodedFields {
+                        fields: variant.encoded.clone(),
+                        dated: false,
+                    }),
+                });
             }
             return Some(build(StatusCode::OK, variant.headers.clone(), body));
         }
@@ -202,7 +204,7 @@ fn respond_stream(
     present: Present<'_>,
     encoding: Encoding,
     files: Option<Files>,
-) -> Option<Response<GatewayBody>> {
+) -> Option<Reply> {
     let identity = entry.variants.first()?;
     let mut headers = identity.headers.clone();
     headers.remove(ACCEPT_RANGES);
@@ -268,9 +270,9 @@ fn variant_body(
     }
 }
 
-fn build(status: StatusCode, headers: HeaderMap, body: GatewayBody) -> Response<GatewayBody> {
+fn build(status: StatusCode, headers: HeaderMap, body: GatewayBody) -> Reply {
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
-    response
+    response.into()
 }

@@ -29,7 +29,7 @@ fn get(path: &str) -> Parts {
 
 /// Status and body of a GET, or the miss.
 async fn fetch(site: &StaticSite, path: &str) -> Result<(u16, Vec<u8>), StaticMiss> {
-    let response = site.serve(&get(path), path, None).await?;
+    let response = site.serve(&get(path), path, None).await?.response;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     Ok((status, body.to_vec()))
