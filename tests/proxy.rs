@@ -58,6 +58,18 @@ async fn client_request_id_is_kept_when_well_formed() {
     assert_ne!(res.headers()["x-request-id"], "has space");
 }
 
+/// An HTTP/1.1 client and an HTTP/2 (prior knowledge) one, for plain-HTTP listeners.
+fn h1_and_h2_clients() -> [(reqwest::Client, http::Version); 2] {
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    [
+        (reqwest::Client::new(), http::Version::HTTP_11),
+        (h2, http::Version::HTTP_2),
+    ]
+}
+
 #[tokio::test]
 async fn upstream_request_id_is_replaced_by_the_gateways() {
     // An upstream's own X-Request-Id (two of them, even) never reaches the client: the
@@ -72,12 +84,7 @@ async fn upstream_request_id_is_replaced_by_the_gateways() {
     })
     .await;
     let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
-    let h1 = reqwest::Client::new();
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    for (client, version) in [(h1, http::Version::HTTP_11), (h2, http::Version::HTTP_2)] {
+    for (client, version) in h1_and_h2_clients() {
         let res = client.get(gw.url("http", "/")).send().await.unwrap();
         assert_eq!(res.version(), version);
         let ids: Vec<_> = res.headers().get_all("x-request-id").iter().collect();
@@ -129,12 +136,7 @@ async fn hop_by_hop_response_fields_never_reach_the_client() {
     )
     .await;
     let gw = TestGateway::start(&simple_yaml(up, "", "")).await;
-    let h1 = reqwest::Client::new();
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    for (client, version) in [(h1, http::Version::HTTP_11), (h2, http::Version::HTTP_2)] {
+    for (client, version) in h1_and_h2_clients() {
         for _ in 0..2 {
             let res = client.get(gw.url("http", "/")).send().await.unwrap();
             assert_eq!(res.version(), version);
