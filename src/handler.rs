@@ -187,16 +187,26 @@ pub struct Handled {
 }
 
 impl Handled {
-    /// The response with `X-Request-Id` in its headers (for HTTP/2).
+    /// The response with `X-Request-Id` in its headers (for HTTP/2). Encoded fields are
+    /// never made for HTTP/2 requests; if some were, they are decoded into the map rather
+    /// than lost.
     pub fn into_response(self) -> Response<GatewayBody> {
-        debug_assert!(
-            self.fields.is_none(),
-            "encoded fields for an HTTP/2 response"
-        );
         let mut response = self.response;
-        response
-            .headers_mut()
-            .insert(X_REQUEST_ID.clone(), self.request_id);
+        let headers = response.headers_mut();
+        if let Some(encoded) = &self.fields {
+            for line in encoded.fields.split(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let Some(colon) = line.iter().position(|&b| b == b':') else {
+                    continue;
+                };
+                let name = HeaderName::from_bytes(&line[..colon]);
+                let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii());
+                if let (Ok(name), Ok(value)) = (name, value) {
+                    headers.append(name, value);
+                }
+            }
+        }
+        headers.insert(X_REQUEST_ID.clone(), self.request_id);
         response
     }
 }
@@ -578,6 +588,25 @@ fn strip_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_fields_reach_an_http2_response_as_a_map() {
+        let handled = Handled {
+            response: Response::new(crate::error::full_body("ok")),
+            request_id: HeaderValue::from_static("id-1"),
+            fields: Some(EncodedFields {
+                fields: bytes::Bytes::from_static(b"Content-Type: text/css\r\nx-a: 1\r\nx-a:2\r\n"),
+                dated: false,
+            }),
+        };
+        let response = handled.into_response();
+        let h = response.headers();
+        assert_eq!(h["content-type"], "text/css");
+        let xa: Vec<_> = h.get_all("x-a").iter().collect();
+        assert_eq!(xa, ["1", "2"]);
+        assert_eq!(h["x-request-id"], "id-1");
+        assert_eq!(h.len(), 4);
+    }
 
     #[test]
     fn strips_ports() {
