@@ -305,8 +305,10 @@ def num(pat, default=None):
     m = re.search(pat, text)
     return m.group(1) if m else default
 unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
-p99_ms = float(m.group(1)) * unit[m.group(2)] if m else float("nan")
+def pct(p):
+    m = re.search(rf"^\s*{p}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+    return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
+p50_ms, p90_ms, p99_ms = pct(50), pct(90), pct(99)
 reqs = int(num(r"(\d+) requests in", "0"))
 rps = float(num(r"Requests/sec:\s+([\d.]+)", "nan"))
 non2xx = int(num(r"Non-2xx or 3xx responses:\s+(\d+)", "0"))
@@ -314,7 +316,7 @@ m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (
 sockerr = sum(map(int, m.groups())) if m else 0
 cpu_s = int(ticks) / int(hz)
 us_per_req = cpu_s * 1e6 / reqs if reqs else float("nan")
-print(f"{proxy}\t{scen}\t{rnd}\t{rps:.1f}\t{p99_ms:.3f}\t{us_per_req:.2f}\t{reqs}\t{non2xx}\t{sockerr}\t{cpu_s:.2f}")
+print(f"{proxy}\t{scen}\t{rnd}\t{rps:.1f}\t{p99_ms:.3f}\t{us_per_req:.2f}\t{reqs}\t{non2xx}\t{sockerr}\t{cpu_s:.2f}\t{p50_ms:.3f}\t{p90_ms:.3f}")
 EOF
   log "$(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-8s %-6s round %s: %10s req/s  p99 %8s ms  cpu %6s us/req  (non-2xx %s, socket errors %s)", $1,$2,$3,$4,$5,$6,$8,$9}')"
 }
@@ -348,10 +350,12 @@ done, ok, failed, errored, timeout = map(int, m.groups()) if m else (0, 0, 0, 0,
 m = re.search(r"status codes: (\d+) 2xx", text)
 non2xx = done - int(m.group(1)) if m else 0
 durations = sorted(int(l.split("\t")[2]) for l in open(reqlog) if l.count("\t") >= 2)
-p99_ms = durations[min(len(durations) - 1, int(len(durations) * 0.99))] / 1000 if durations else float("nan")
+def pct(p):
+    return durations[min(len(durations) - 1, int(len(durations) * p))] / 1000 if durations else float("nan")
+p50_ms, p90_ms, p99_ms = pct(0.50), pct(0.90), pct(0.99)
 cpu_s = int(ticks) / int(hz)
 us_per_req = cpu_s * 1e6 / done if done else float("nan")
-print(f"{proxy}\th2\t{rnd}\t{rps:.1f}\t{p99_ms:.3f}\t{us_per_req:.2f}\t{done}\t{non2xx}\t{failed + errored + timeout}\t{cpu_s:.2f}")
+print(f"{proxy}\th2\t{rnd}\t{rps:.1f}\t{p99_ms:.3f}\t{us_per_req:.2f}\t{done}\t{non2xx}\t{failed + errored + timeout}\t{cpu_s:.2f}\t{p50_ms:.3f}\t{p90_ms:.3f}")
 EOF
   rm -f "$reqlog"
   log "$(tail -n1 "$RESULTS" | awk -F'\t' '{printf "%-8s %-6s round %s: %10s req/s  p99 %8s ms  cpu %6s us/req  (non-2xx %s, errors %s)", $1,$2,$3,$4,$5,$6,$8,$9}')"
@@ -489,6 +493,22 @@ print("CPU us/req = (utime+stime of the proxy process(es) during the run) / requ
 print("for nginx summed over master + workers. The upstream's and wrk's CPU are not counted.")
 for w in warn:
     print("WARNING:", w)
+
+# The tail moves with the machine more than between the proxies: percentiles below p99, and
+# how many of the paired rounds (run back to back) each proxy had the lower p99 in.
+print()
+print("Latency percentiles, median of rounds (ms), and rounds in which the gateway's p99 was the lower:")
+print()
+print("| scenario | gateway p50 | nginx p50 | gateway p90 | nginx p90 | gateway p99 | nginx p99 | gateway p99 lower |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for scen in [s for s in ("http", "https", "h2") if any(r[1] == s for r in rows)]:
+    cells = []
+    for col in (10, 11, 4):
+        cells += [f(med("gateway", scen, col), ".2f"), f(med("nginx", scen, col), ".2f")]
+    p99 = {p: {r[2]: float(r[4]) for r in rows if r[0] == p and r[1] == scen} for p in ("gateway", "nginx")}
+    paired = [k for k in p99["gateway"] if k in p99["nginx"]]
+    lower = sum(p99["gateway"][k] < p99["nginx"][k] for k in paired)
+    print(f"| {names[scen]} | " + " | ".join(cells) + f" | {lower} of {len(paired)} |")
 
 if rss:
     print()

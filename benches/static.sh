@@ -120,10 +120,12 @@ for file in small.3f2a9c1b7e4d.css large.9c1b7e4d3f2a.css; do
       if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx from $t on $file" >&2; exit 1; fi
       rps=$(awk '/Requests\/sec/{print $2}' <<<"$out")
       p99=$(awk '$1=="99%"{print $2}' <<<"$out")
+      p50=$(awk '$1=="50%"{print $2}' <<<"$out")
+      p90=$(awk '$1=="90%"{print $2}' <<<"$out")
       reqs=$(awk '/requests in/{print $1}' <<<"$out")
       cpu=$(python3 -c "print(f'{($c1 - $c0) / $HZ * 1e6 / max($reqs, 1):.1f}')")
       echo "[static-bench] $file $t round $i: $rps req/s p99 $p99 cpu $cpu us/req" >&2
-      printf '%s\t%s\t%s\t%s\t%s\n' "$file" "$t" "$rps" "$p99" "$cpu" >>"$RESULTS"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$file" "$t" "$rps" "$p99" "$cpu" "$p50" "$p90" "$i" >>"$RESULTS"
     done
   done
 done
@@ -135,22 +137,34 @@ def ms(v):
         if v.endswith(unit):
             return float(v[: -len(unit)]) * f
     return float(v)
-rows = collections.defaultdict(lambda: ([], [], []))
+rows = collections.defaultdict(lambda: ([], [], [], [], []))
+by_round = {}
 for line in open(sys.argv[1]):
-    f, t, rps, p99, cpu = line.split()
-    rows[(f, t)][0].append(float(rps)); rows[(f, t)][1].append(ms(p99)); rows[(f, t)][2].append(float(cpu))
+    f, t, rps, p99, cpu, p50, p90, rnd = line.split()
+    for i, v in enumerate((float(rps), ms(p99), float(cpu), ms(p50), ms(p90))):
+        rows[(f, t)][i].append(v)
+    by_round[(f, t, rnd)] = ms(p99)
 print(f"\nStatic files (wrk -t1 -c{sys.argv[4]} -d{sys.argv[2]} --latency, Accept-Encoding: gzip, "
       f"median of {sys.argv[3]} alternating rounds, {sys.argv[5]} worker(s) each)\n")
 print("| file | server | req/s | p99 ms | CPU us/req | req/s vs nginx | p99 vs nginx | CPU vs nginx |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
 med = statistics.median
 for f in sorted({k[0] for k in rows}, reverse=True):
-    n_rps, n_p99, n_cpu = (med(v) for v in rows[(f, "nginx")])
+    n_rps, n_p99, n_cpu = (med(v) for v in rows[(f, "nginx")][:3])
     for t in ("gateway", "nginx", "whitenoise"):
         if (f, t) in rows:
-            rps, p99, cpu = (med(v) for v in rows[(f, t)])
+            rps, p99, cpu = (med(v) for v in rows[(f, t)][:3])
             print(f"| {f.split('.')[0]} | {t} | {rps:.0f} | {p99:.2f} | {cpu:.1f} | {rps / n_rps:.2f} "
                   f"| {p99 / n_p99:.2f} | {cpu / n_cpu:.2f} |")
+print("\nLatency percentiles, median of rounds (ms), and rounds in which the gateway's p99 was the lower:\n")
+print("| file | gateway p50 | nginx p50 | gateway p90 | nginx p90 | gateway p99 | nginx p99 | gateway p99 lower |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+for f in sorted({k[0] for k in rows}, reverse=True):
+    g, n = rows[(f, "gateway")], rows[(f, "nginx")]
+    rounds = [r for (ff, t, r) in by_round if ff == f and t == "gateway" and (f, "nginx", r) in by_round]
+    lower = sum(by_round[(f, "gateway", r)] < by_round[(f, "nginx", r)] for r in rounds)
+    print(f"| {f.split('.')[0]} | {med(g[3]):.2f} | {med(n[3]):.2f} | {med(g[4]):.2f} | {med(n[4]):.2f} "
+          f"| {med(g[1]):.2f} | {med(n[1]):.2f} | {lower} of {len(rounds)} |")
 print("\nCPU us/req = utime+stime of the server's processes (nginx and Gunicorn: master + workers)"
       " during the round / requests served; wrk's CPU is not counted.")
 PY
