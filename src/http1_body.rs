@@ -6,6 +6,16 @@
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+/// Whether a response is sent without a body whatever its headers say (RFC 9112 §6.3): the
+/// answer to a HEAD, a 1xx, 204 or 304. Its `Content-Length`, if any, describes the body a
+/// GET would have had.
+pub fn sent_without_body(status: http::StatusCode, head_request: bool) -> bool {
+    head_request
+        || status.is_informational()
+        || status == http::StatusCode::NO_CONTENT
+        || status == http::StatusCode::NOT_MODIFIED
+}
+
 /// Longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Most trailer fields accepted after the last chunk.

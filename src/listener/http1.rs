@@ -51,7 +51,7 @@ use super::upgrade;
 use crate::error::{BoxError, GatewayBody};
 use crate::handler::{self, ConnInfo, EncodedFields, RefusedFraming, State};
 use crate::http1_body::{Decoder, Step};
-use crate::proxy::h1::push_decimal;
+use crate::proxy::h1::{push_decimal, push_field};
 use crate::proxy::headers::X_REQUEST_ID;
 use crate::sendfile::Zerocopy;
 use head::{Framing, Parsed, Reject};
@@ -505,10 +505,7 @@ where
             tracing::warn!("handler answered 101 to a request that asked for no upgrade");
             return Next::Close { linger: false };
         }
-        let bodiless = asked.head
-            || status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED;
+        let bodiless = crate::http1_body::sent_without_body(status, asked.head);
         let length = if bodiless {
             None
         } else {
@@ -898,19 +895,14 @@ fn encode_head(
             close |= lists_close(value);
         }
         dated |= *name == DATE;
-        dst.extend_from_slice(name.as_str().as_bytes());
-        dst.extend_from_slice(b": ");
-        dst.extend_from_slice(value.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        push_field(dst, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(encoded) = encoded {
         dst.extend_from_slice(&encoded.fields);
         dated |= encoded.dated;
     }
     if let Some(id) = request_id {
-        dst.extend_from_slice(b"x-request-id: ");
-        dst.extend_from_slice(id.as_bytes());
-        dst.extend_from_slice(b"\r\n");
+        push_field(dst, b"x-request-id", id.as_bytes());
     }
     if let Some(n) = framing.length {
         dst.extend_from_slice(b"content-length: ");

@@ -280,10 +280,7 @@ impl Outgoing {
                 declared = declared.or_else(|| parse_length(value.as_bytes()));
                 continue;
             }
-            scratch.extend_from_slice(name.as_str().as_bytes());
-            scratch.extend_from_slice(b": ");
-            scratch.extend_from_slice(value.as_bytes());
-            scratch.extend_from_slice(b"\r\n");
+            push_field(&mut scratch, name.as_str().as_bytes(), value.as_bytes());
         }
         let ended = body.is_end_stream();
         let framing = match (declared, body.size_hint().exact()) {
@@ -465,6 +462,15 @@ fn write_hex(dst: &mut [u8], mut n: u64) -> usize {
     len
 }
 
+/// One `name: value` field line, as every HTTP/1.1 head the gateway writes carries it.
+#[inline]
+pub(crate) fn push_field(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    dst.extend_from_slice(name);
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value);
+    dst.extend_from_slice(b"\r\n");
+}
+
 /// `n` in decimal digits (Content-Length values, written once per message).
 pub(crate) fn push_decimal(dst: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
@@ -636,11 +642,9 @@ fn parse_head(
             _ => {}
         }
     }
-    let framing = if head_request
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-        || status == StatusCode::SWITCHING_PROTOCOLS
-    {
+    // (Of the 1xx answers only 101 gets here.)
+    let bodiless = crate::http1_body::sent_without_body(status, head_request);
+    let framing = if bodiless {
         Framing::Empty
     } else if transfer_encoding {
         if has_length {
@@ -668,8 +672,6 @@ fn parse_head(
     let encoded = if pass_fields && status != StatusCode::SWITCHING_PROTOCOLS {
         // The client's connection writes the framing of what it sends, except for a
         // response it sends without a body, whose Content-Length describes the upstream's.
-        let bodiless =
-            head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let fields = kinds.iter().zip(spans).map(|(kind, span)| {
             let (name, value) = field(span);
             (*kind, name, value)
@@ -772,10 +774,7 @@ fn encode_fields<'a>(
             continue;
         }
         dated |= kind == Field::Date;
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        push_field(&mut out, name, value);
     }
     Ok(crate::handler::EncodedFields {
         fields: Bytes::from(out),

@@ -73,10 +73,7 @@ pub fn encode_fields(headers: &HeaderMap) -> Bytes {
         if name == CONTENT_LENGTH {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        crate::proxy::h1::push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
     Bytes::from(out)
 }
