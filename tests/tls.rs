@@ -27,6 +27,21 @@ const STEP: Duration = Duration::from_secs(2);
 /// One TLS listener `https` (with `tls_extra` lines under `tls:`) and one plain listener
 /// `http`, the given certificates, upstream `app`, and `routes` (YAML list items) — or a
 /// catch-all route to `app` when `routes` is empty.
+/// A gateway with one certificate (`a.test`) in front of an echo upstream. `server`, when
+/// not empty, replaces the `shutdown_grace: 1s` line under `server:` (more lines indented by
+/// two spaces).
+async fn a_test_gateway(server: &str) -> (TestCa, TestUpstream, TestGateway) {
+    let ca = TestCa::new();
+    let (c, k, _) = ca.issue("a", &["a.test"]);
+    let up = TestUpstream::echo().await;
+    let mut yaml = tls_yaml(up.addr, &[(c, k)], "", "", "");
+    if !server.is_empty() {
+        yaml = yaml.replace("shutdown_grace: 1s", server);
+    }
+    let gw = TestGateway::start(&yaml).await;
+    (ca, up, gw)
+}
+
 fn tls_yaml(
     app: SocketAddr,
     certs: &[(PathBuf, PathBuf)],
@@ -170,10 +185,7 @@ fn rustls_error(e: &io::Error) -> &rustls::Error {
 
 #[tokio::test]
 async fn https_h2_and_http1_are_proxied_with_forwarded_proto() {
-    let ca = TestCa::new();
-    let (c, k, _) = ca.issue("a", &["a.test"]);
-    let up = TestUpstream::echo().await;
-    let gw = TestGateway::start(&tls_yaml(up.addr, &[(c, k)], "", "", "")).await;
+    let (ca, up, gw) = a_test_gateway("").await;
     let addr = gw.addr("https");
     let authority = format!("a.test:{}", addr.port());
 
@@ -224,14 +236,7 @@ async fn https_h2_and_http1_are_proxied_with_forwarded_proto() {
 #[tokio::test]
 async fn shutdown_closes_idle_http1_connections_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let ca = TestCa::new();
-    let (c, k, _) = ca.issue("a", &["a.test"]);
-    let up = TestUpstream::echo().await;
-    let yaml = tls_yaml(up.addr, &[(c, k)], "", "", "").replace(
-        "shutdown_grace: 1s",
-        "shutdown_grace: 5s\n  header_read_timeout: 30s",
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let (ca, _up, gw) = a_test_gateway("shutdown_grace: 5s\n  header_read_timeout: 30s").await;
     let config = ca.rustls_client(&[b"http/1.1"]);
     let mut silent = tls_connect(gw.addr("https"), config.clone(), "a.test", STEP)
         .await
@@ -332,10 +337,7 @@ async fn http1_over_tls_continue_and_pipelining() {
 
 #[tokio::test]
 async fn client_without_alpn_gets_http1() {
-    let ca = TestCa::new();
-    let (c, k, _) = ca.issue("a", &["a.test"]);
-    let up = TestUpstream::echo().await;
-    let gw = TestGateway::start(&tls_yaml(up.addr, &[(c, k)], "", "", "")).await;
+    let (ca, _up, gw) = a_test_gateway("").await;
     let tls = tls_connect(gw.addr("https"), ca.rustls_client(&[]), "a.test", STEP)
         .await
         .unwrap();
@@ -1050,14 +1052,9 @@ async fn h2_preface_on_an_http1_alpn_connection_is_refused() {
 /// after `header_read_timeout` (here 300 ms; idle_timeout is a minute).
 #[tokio::test]
 async fn h2_connection_without_a_request_is_closed_after_header_read_timeout() {
-    let ca = TestCa::new();
-    let (c, k, _) = ca.issue("a", &["a.test"]);
-    let up = TestUpstream::echo().await;
-    let yaml = tls_yaml(up.addr, &[(c, k)], "", "", "").replace(
-        "  shutdown_grace: 1s",
-        "  shutdown_grace: 1s\n  header_read_timeout: 300ms\n  idle_timeout: 60s",
-    );
-    let gw = TestGateway::start(&yaml).await;
+    let (ca, _up, gw) =
+        a_test_gateway("shutdown_grace: 1s\n  header_read_timeout: 300ms\n  idle_timeout: 60s")
+            .await;
     let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let empty_settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
     let partial = &preface[..10];
