@@ -1,8 +1,8 @@
 //! The slow-loris guard over real sockets: `header_read_timeout` cuts off a request head that
 //! is partial, trickled a byte at a time, or never sent (also a later head on a keep-alive
-//! connection, and HTTP/2 prior knowledge without a request), while keep-alive waits and heads
-//! completed in time are served; and a plain listener telling HTTP/2 from HTTP/1.1 when the
-//! first bytes arrive split.
+//! connection, HTTP/2 prior knowledge without a request, and a later HTTP/2 header block),
+//! while keep-alive waits and heads completed in time are served; and a plain listener
+//! telling HTTP/2 from HTTP/1.1 when the first bytes arrive split.
 
 mod common;
 mod limits_support;
@@ -180,6 +180,126 @@ async fn h2_prior_knowledge_without_a_request_is_closed_after_header_read_timeou
         assert!(closed, "still open 5 s after sending {} bytes", sent.len());
         let took = start.elapsed();
         assert!(took < Duration::from_millis(2500), "closed after {took:?}");
+    }
+}
+
+/// One HTTP/2 frame as a client writes it.
+fn h2_frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    assert!(len < 256);
+    let mut frame = vec![0, 0, len as u8, kind, flags, 0, 0, 0, stream];
+    frame.extend_from_slice(payload);
+    frame
+}
+
+const H2_HEADERS: u8 = 0x1;
+const H2_CONTINUATION: u8 = 0x9;
+const H2_END_STREAM: u8 = 0x1;
+const H2_END_HEADERS: u8 = 0x4;
+/// HPACK for `GET http://127.0.0.1/`, cut in two: `:method GET`, `:scheme http` | `:path /`,
+/// `:authority 127.0.0.1`.
+const GET_FIRST_HALF: &[u8] = &[0x82, 0x86];
+const GET_SECOND_HALF: &[u8] = &[
+    0x84, 0x01, 0x09, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1',
+];
+
+/// The (type, stream) of each whole frame in `bytes`, a server's output from its start.
+fn h2_frames(mut bytes: &[u8]) -> Vec<(u8, u8)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        if bytes.len() < 9 + len {
+            break;
+        }
+        frames.push((bytes[3], bytes[8]));
+        bytes = &bytes[9 + len..];
+    }
+    frames
+}
+
+/// Reads into `got` (what the server sent so far) until a frame of `kind` arrives on `stream`
+/// (true) or the connection closes or 3 s pass (false).
+async fn h2_frame_arrives(conn: &mut TcpStream, got: &mut Vec<u8>, kind: u8, stream: u8) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !h2_frames(got).contains(&(kind, stream)) {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Every request on an HTTP/2 connection gets header_read_timeout, not only the first: a
+/// header block split over two writes in time is served, a wait between requests longer than
+/// the timeout is idle (allowed), but a later HEADERS frame whose block never ends (left
+/// open, or kept open by a CONTINUATION every 50 ms) closes the connection after ~300 ms
+/// without an answer, though idle_timeout is a minute.
+#[tokio::test]
+async fn h2_later_header_block_is_cut_off_after_header_read_timeout() {
+    let _g = shared().await;
+    let (up, gw) = short_head_timeout().await;
+    for trickle in [false, true] {
+        let mut conn = TcpStream::connect(gw.addr("http")).await.unwrap();
+        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let first = [
+            preface,
+            &h2_frame(0x4, 0, 0, &[]),
+            &h2_frame(H2_HEADERS, H2_END_STREAM, 1, GET_FIRST_HALF),
+        ]
+        .concat();
+        conn.write_all(&first).await.unwrap();
+        let mut bytes = Vec::new(); // all the server sends
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rest = h2_frame(H2_CONTINUATION, H2_END_HEADERS, 1, GET_SECOND_HALF);
+        conn.write_all(&rest).await.unwrap();
+        assert!(
+            h2_frame_arrives(&mut conn, &mut bytes, H2_HEADERS, 1).await,
+            "first request not answered"
+        );
+        conn.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.unwrap(); // SETTINGS ACK
+
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let hits = up.hits();
+        conn.write_all(&h2_frame(H2_HEADERS, H2_END_STREAM, 3, GET_FIRST_HALF))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let closed = loop {
+            if start.elapsed() > Duration::from_secs(5) {
+                break false;
+            }
+            if trickle {
+                // One more `x: y` field each time (literal, not indexed).
+                let more = h2_frame(H2_CONTINUATION, 0, 3, &[0x00, 0x01, b'x', 0x01, b'y']);
+                if conn.write_all(&more).await.is_err() {
+                    break true;
+                }
+            }
+            let mut buf = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_millis(50), conn.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(n)) => bytes.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        };
+        let took = start.elapsed();
+        assert!(closed, "trickle {trickle}: still open after {took:?}");
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
+            "trickle {trickle}: closed after {took:?}"
+        );
+        let answered = h2_frames(&bytes).iter().any(|&(_, stream)| stream == 3);
+        assert!(
+            !answered,
+            "trickle {trickle}: stream 3 was answered: {bytes:?}"
+        );
+        assert_eq!(
+            up.hits(),
+            hits,
+            "trickle {trickle}: the upstream saw the unfinished request"
+        );
     }
 }
 

@@ -1,6 +1,7 @@
 //! Serving one accepted connection: HTTP/1.1 by the gateway's own connection
 //! ([`super::http1`]), HTTP/2 by hyper (ALPN on TLS, prior knowledge on plain TCP), with the
-//! first-request deadline, keep-alive idle timeout and graceful drain.
+//! first-request deadline, a deadline for every HTTP/2 header block, keep-alive idle timeout
+//! and graceful drain.
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use crate::config::ServerSettings;
 use crate::handler::{self, ConnInfo, State};
 use crate::sendfile::Zerocopy;
 
+mod header_blocks;
 mod streams;
 
 /// Which HTTP version to speak on a connection.
@@ -169,6 +171,7 @@ pub async fn serve<I>(
             }))
         }
     });
+    let io = header_blocks::HeaderBlocks::new(io, builders.header_read_timeout);
     let conn = builders.http2.serve_connection(TokioIo::new(io), service);
     watch.drive(conn, |c| c.graceful_shutdown()).await
 }
@@ -199,7 +202,8 @@ impl Watch {
         // The first request must arrive within header_read_timeout of the connection (or of
         // its TLS handshake), whether or not it sends anything: HTTP/2 has no header timer
         // at all, and a client that sends part of the preface, or a SETTINGS frame and no
-        // HEADERS, would hold a connection slot until the idle timeout. Between requests,
+        // HEADERS, would hold a connection slot until the idle timeout. Every header block
+        // is timed from its first byte by the transport (`header_blocks`). Between requests,
         // idle_timeout applies from the last request's end (`streams`: frames without a
         // request, PINGs included, do not keep it open).
         let first_request = tokio::time::sleep_until(self.first_request_by);
