@@ -15,6 +15,7 @@ async fn forwards_with_gateway_headers_and_request_id() {
         .get(gw.url("http", "/hello?x=1"))
         .header("X-Forwarded-For", "6.6.6.6")
         .header("X-Forwarded-Proto", "https")
+        .header("X-Forwarded-Host", "evil.test")
         .header("Connection", "X-Forwarded-For, X-Drop-Me")
         .header("X-Drop-Me", "1")
         .send()
@@ -34,6 +35,16 @@ async fn forwards_with_gateway_headers_and_request_id() {
     assert_eq!(seen.headers["x-request-id"], id.as_str());
     assert!(seen.headers.get("x-drop-me").is_none());
     assert!(seen.headers.get("connection").is_none());
+    // The gateway's values replace the client's: never two of a name.
+    for name in [
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-request-id",
+    ] {
+        assert_eq!(seen.headers.get_all(name).iter().count(), 1, "{name}");
+    }
 }
 
 #[tokio::test]

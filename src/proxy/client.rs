@@ -14,6 +14,7 @@ use http::Request;
 
 use super::body::is_length_limit_error;
 use super::h1::{Conn, ExchangeError, Head, Kind, Outgoing};
+use super::headers::GatewayFields;
 use super::upstream::Server;
 use crate::error::{GatewayBody, GatewayError};
 
@@ -51,6 +52,7 @@ pub struct Limits {
 pub async fn send(
     server: &Server,
     request: Unsent,
+    gateway: &GatewayFields,
     limits: &Limits,
 ) -> Result<(Head, Conn), Failure> {
     let (mut conn, mut reused) = match server.pool.checkout() {
@@ -69,7 +71,14 @@ pub async fn send(
         Unsent::Request(request) => {
             let (parts, body) = request.into_parts();
             let scratch = conn.take_scratch();
-            let mut out = Outgoing::new(scratch, &parts.method, &parts.uri, &parts.headers, body);
+            let mut out = Outgoing::new(
+                scratch,
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                gateway,
+                body,
+            );
             out.pass_response_fields(limits.pass_fields);
             // The head is encoded: nothing of the request's parts is held while the
             // server answers.
@@ -204,9 +213,15 @@ mod tests {
         let mut req = Request::new(full_body(body));
         *req.method_mut() = method;
         *req.uri_mut() = http::Uri::from_static("/x");
-        req.headers_mut()
-            .insert(http::header::HOST, http::HeaderValue::from_static("h"));
         req
+    }
+
+    /// The gateway's fields for [`request`]: just `Host`.
+    fn host_only() -> GatewayFields {
+        GatewayFields {
+            host: Some(http::HeaderValue::from_static("h")),
+            ..GatewayFields::default()
+        }
     }
 
     async fn read_body(server: &Server, head: Head, conn: Conn) -> bytes::Bytes {
@@ -224,7 +239,10 @@ mod tests {
     /// Sends a bodiless GET to `server` and reads the whole answer.
     async fn get_body(server: &Server) -> bytes::Bytes {
         let request = Unsent::Request(request(http::Method::GET, ""));
-        let (head, conn) = send(server, request, &limits()).await.ok().unwrap();
+        let (head, conn) = send(server, request, &host_only(), &limits())
+            .await
+            .ok()
+            .unwrap();
         read_body(server, head, conn).await
     }
 
@@ -289,6 +307,7 @@ mod tests {
         let Err(failure) = send(
             &server,
             Unsent::Request(request(http::Method::POST, "payload")),
+            &host_only(),
             &limits(),
         )
         .await
@@ -308,6 +327,7 @@ mod tests {
         let Err(failure) = send(
             &server(addr),
             Unsent::Request(request(http::Method::POST, "payload")),
+            &host_only(),
             &limits(),
         )
         .await

@@ -32,6 +32,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
+use super::headers::{self, GatewayFields};
 use super::pool::ServerPool;
 use super::server_state::InFlight;
 use crate::error::{BoxError, GatewayBody};
@@ -257,14 +258,17 @@ enum RequestFraming {
 
 impl Outgoing {
     /// Encodes the request head into `scratch` (a buffer from [`Conn::take_scratch`], or
-    /// empty), with one framing: the `Content-Length` in `headers` (the body must match it),
-    /// else the body's exact length, else chunked. `headers` must hold no
-    /// `Transfer-Encoding` (hop-by-hop, removed before forwarding).
+    /// empty): `Host` from `gateway`, the fields in `headers` except any of the gateway's
+    /// own names ([`headers::is_gateway_field`]), the rest of `gateway`, and one framing:
+    /// the `Content-Length` in `headers` (the body must match it), else the body's exact
+    /// length, else chunked. `headers` must hold no `Transfer-Encoding` (hop-by-hop, removed
+    /// before forwarding).
     pub fn new(
         mut scratch: Vec<u8>,
         method: &Method,
         uri: &Uri,
         headers: &HeaderMap,
+        gateway: &GatewayFields,
         body: GatewayBody,
     ) -> Self {
         scratch.clear();
@@ -273,6 +277,7 @@ impl Outgoing {
         let target = uri.path_and_query().map_or("/", |p| p.as_str());
         scratch.extend_from_slice(target.as_bytes());
         scratch.extend_from_slice(b" HTTP/1.1\r\n");
+        gateway.write_host(&mut scratch);
         let mut declared = None;
         for (name, value) in headers {
             if name == CONTENT_LENGTH {
@@ -280,8 +285,12 @@ impl Outgoing {
                 declared = declared.or_else(|| parse_length(value.as_bytes()));
                 continue;
             }
+            if headers::is_gateway_field(name) {
+                continue;
+            }
             push_field(&mut scratch, name.as_str().as_bytes(), value.as_bytes());
         }
+        gateway.write_rest(&mut scratch);
         let ended = body.is_end_stream();
         let framing = match (declared, body.size_hint().exact()) {
             (None, _) if ended => RequestFraming::Length(0),
@@ -312,6 +321,12 @@ impl Outgoing {
             ended: ended && !matches!(framing, RequestFraming::Length(n) if n > 0),
             pristine: true,
         }
+    }
+
+    /// The encoded request head.
+    #[cfg(test)]
+    pub fn head(&self) -> &[u8] {
+        &self.head
     }
 
     /// Lets the response's fields stay encoded: the client speaks HTTP/1.

@@ -97,13 +97,17 @@ fn get(headers: HeaderMap) -> Outgoing {
     outgoing(Method::GET, headers, full_body(Bytes::new()))
 }
 
-fn outgoing(method: Method, mut headers: HeaderMap, body: GatewayBody) -> Outgoing {
-    headers.insert(http::header::HOST, HeaderValue::from_static("app.test"));
+fn outgoing(method: Method, headers: HeaderMap, body: GatewayBody) -> Outgoing {
+    let gateway = GatewayFields {
+        host: Some(HeaderValue::from_static("app.test")),
+        ..GatewayFields::default()
+    };
     Outgoing::new(
         Vec::new(),
         &method,
         &Uri::from_static("/p?q=1"),
         &headers,
+        &gateway,
         body,
     )
 }
@@ -167,7 +171,7 @@ async fn request_head_goes_out_with_one_framing() {
     assert!(body.is_empty());
     assert_eq!(
         *seen.lock().unwrap(),
-        "POST /p?q=1 HTTP/1.1\r\nx-a: 1\r\nx-a: 2\r\nhost: app.test\r\n\
+        "POST /p?q=1 HTTP/1.1\r\nhost: app.test\r\nx-a: 1\r\nx-a: 2\r\nx-forwarded-host: app.test\r\n\
          content-length: 7\r\n\r\npayload"
     );
     assert_eq!(pool.idle_count(), 1);
@@ -197,7 +201,7 @@ async fn content_length_goes_out_once_as_plain_digits() {
     round_trip(addr, out).await.ok().unwrap();
     assert_eq!(
         *seen.lock().unwrap(),
-        "PUT /p?q=1 HTTP/1.1\r\nhost: app.test\r\ncontent-length: 5\r\n\r\n"
+        "PUT /p?q=1 HTTP/1.1\r\nhost: app.test\r\nx-forwarded-host: app.test\r\ncontent-length: 5\r\n\r\n"
     );
 }
 
@@ -229,7 +233,7 @@ async fn a_body_of_unknown_length_goes_out_chunked() {
     let seen = String::from_utf8(seen.lock().unwrap().clone()).unwrap();
     assert_eq!(
         seen,
-        "PUT /p?q=1 HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n\
+        "PUT /p?q=1 HTTP/1.1\r\nhost: app.test\r\nx-forwarded-host: app.test\r\ntransfer-encoding: chunked\r\n\r\n\
          3\r\nabc\r\n11\r\n0123456789abcdefg\r\n0\r\n\r\n"
     );
 }

@@ -46,35 +46,85 @@ pub fn is_websocket_upgrade(headers: &HeaderMap) -> bool {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
-/// Rewrites a client request's headers into what is sent upstream.
-pub fn prepare_request(headers: &mut HeaderMap, fwd: &mut Forwarding<'_>, websocket: bool) {
+/// The fields the gateway writes on every upstream request, whatever the client sent:
+/// `Host`, `X-Forwarded-Host/Proto/For`, `X-Request-Id` and, for a WebSocket upgrade,
+/// `Upgrade` + `Connection: upgrade`. Written by the request encoder
+/// ([`super::h1::Outgoing::new`]), which drops the client's own fields of these names
+/// ([`is_gateway_field`]), rather than inserted into the header map (five map inserts per
+/// request).
+#[derive(Debug, Default, Clone)]
+pub struct GatewayFields {
+    /// `Host` (and `X-Forwarded-Host`): the host the client named; neither is sent without.
+    pub host: Option<HeaderValue>,
+    /// `X-Forwarded-Proto`.
+    pub proto: Option<&'static str>,
+    /// `X-Forwarded-For`: the peer, after the client's chain when the peer is trusted.
+    pub forwarded_for: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+    /// A WebSocket upgrade's `Upgrade` value.
+    pub upgrade: Option<HeaderValue>,
+}
+
+impl GatewayFields {
+    /// Writes `Host` (the first field of the head, where user agents put it).
+    pub fn write_host(&self, dst: &mut Vec<u8>) {
+        if let Some(host) = &self.host {
+            super::h1::push_field(dst, b"host", host.as_bytes());
+        }
+    }
+
+    /// Writes the other fields (after the client's).
+    pub fn write_rest(&self, dst: &mut Vec<u8>) {
+        use super::h1::push_field;
+        if let Some(host) = &self.host {
+            push_field(dst, b"x-forwarded-host", host.as_bytes());
+        }
+        if let Some(proto) = self.proto {
+            push_field(dst, b"x-forwarded-proto", proto.as_bytes());
+        }
+        if let Some(chain) = &self.forwarded_for {
+            push_field(dst, b"x-forwarded-for", chain.as_bytes());
+        }
+        if let Some(id) = &self.request_id {
+            push_field(dst, b"x-request-id", id.as_bytes());
+        }
+        if let Some(upgrade) = &self.upgrade {
+            push_field(dst, b"upgrade", upgrade.as_bytes());
+            push_field(dst, b"connection", b"upgrade");
+        }
+    }
+}
+
+/// Whether `name` is one of the [`GatewayFields`]: a client's field of that name is never
+/// sent upstream. (`Upgrade` and `Connection` are hop-by-hop, gone from the map already.)
+pub fn is_gateway_field(name: &HeaderName) -> bool {
+    name == HOST
+        || name == X_FORWARDED_FOR
+        || name == X_FORWARDED_PROTO
+        || name == X_FORWARDED_HOST
+        || name == X_REQUEST_ID
+}
+
+/// Rewrites a client request's headers into what is sent upstream: hop-by-hop fields (and
+/// those `Connection` lists) leave the map, and the gateway's own fields are returned, to be
+/// written in place of any the client sent.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    fwd: &mut Forwarding<'_>,
+    websocket: bool,
+) -> GatewayFields {
     let upgrade = if websocket {
         headers.get(UPGRADE).cloned()
     } else {
         None
     };
     remove_hop_by_hop(headers);
-
-    match fwd.host.take() {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-            headers.insert(HOST, host);
-        }
-        None => {
-            headers.remove(HOST);
-            headers.remove(&X_FORWARDED_HOST);
-        }
-    }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if fwd.https { "https" } else { "http" }),
-    );
-    set_forwarded_for(headers, fwd.peer, fwd.peer_trusted);
-    headers.insert(X_REQUEST_ID.clone(), fwd.request_id.clone());
-
-    if let Some(upgrade) = upgrade {
-        headers.insert(UPGRADE, upgrade);
-        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    GatewayFields {
+        host: fwd.host.take(),
+        proto: Some(if fwd.https { "https" } else { "http" }),
+        forwarded_for: forwarded_for(headers, fwd.peer, fwd.peer_trusted),
+        request_id: Some(fwd.request_id.clone()),
+        upgrade,
     }
 }
 
@@ -179,28 +229,21 @@ pub fn peer_header(peer: IpAddr) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn set_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
-    let value = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
-        let mut chain = String::with_capacity(64);
-        for v in headers.get_all(&X_FORWARDED_FOR) {
-            if let Ok(s) = v.to_str() {
-                chain.push_str(s.trim());
-                chain.push_str(", ");
-            }
-        }
-        chain.push_str(peer.to_str().unwrap_or_default());
-        HeaderValue::try_from(chain)
-    } else {
-        Ok(peer.clone())
-    };
-    match value {
-        Ok(v) => {
-            headers.insert(X_FORWARDED_FOR.clone(), v);
-        }
-        Err(_) => {
-            headers.remove(&X_FORWARDED_FOR);
+/// The `X-Forwarded-For` value: the peer, appended to the client's chain when the peer is
+/// trusted (`None` if that chain does not make a valid value).
+fn forwarded_for(headers: &HeaderMap, peer: &HeaderValue, trusted: bool) -> Option<HeaderValue> {
+    if !(trusted && headers.contains_key(&X_FORWARDED_FOR)) {
+        return Some(peer.clone());
+    }
+    let mut chain = String::with_capacity(64);
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(s) = v.to_str() {
+            chain.push_str(s.trim());
+            chain.push_str(", ");
         }
     }
+    chain.push_str(peer.to_str().unwrap_or_default());
+    HeaderValue::try_from(chain).ok()
 }
 
 /// Dotted-quad text of `ip` in `buf` (what `Display` prints, without the formatter: this
@@ -291,6 +334,38 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 
+    /// The fields the upstream is sent for a GET with `h`: `prepare_request`, then the
+    /// request encoder, then the head parsed back (names lowercase, in order).
+    fn sent(mut h: HeaderMap, fwd: &mut Forwarding<'_>, websocket: bool) -> Vec<(String, String)> {
+        let gateway = prepare_request(&mut h, fwd, websocket);
+        let out = super::super::h1::Outgoing::new(
+            Vec::new(),
+            &http::Method::GET,
+            &http::Uri::from_static("/"),
+            &h,
+            &gateway,
+            crate::error::full_body(bytes::Bytes::new()),
+        );
+        let mut fields = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut fields);
+        assert!(req.parse(out.head()).unwrap().is_complete());
+        req.headers
+            .iter()
+            .map(|f| {
+                let value = String::from_utf8(f.value.to_vec()).unwrap();
+                (f.name.to_ascii_lowercase(), value)
+            })
+            .collect()
+    }
+
+    /// The values sent under `name`.
+    fn values<'a>(sent: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        sent.iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
     #[test]
     fn client_cannot_strip_gateway_headers_via_connection() {
         let mut h = HeaderMap::new();
@@ -306,15 +381,72 @@ mod tests {
         );
         let host = HeaderValue::from_static("example.com:8443");
         let id = HeaderValue::from_static("abc");
-        prepare_request(&mut h, &mut fwd(&host, &id, false), false);
-        assert!(h.get("foo").is_none());
-        assert!(h.get("keep-alive").is_none());
-        assert!(h.get(CONNECTION).is_none());
-        assert_eq!(h[HOST], "example.com:8443");
-        assert_eq!(h[&X_FORWARDED_HOST], "example.com:8443");
-        assert_eq!(h[&X_FORWARDED_PROTO], "https");
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.7");
-        assert_eq!(h[&X_REQUEST_ID], "abc");
+        let got = sent(h, &mut fwd(&host, &id, false), false);
+        let expected = [
+            ("host", "example.com:8443"),
+            ("x-forwarded-host", "example.com:8443"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-for", "10.0.0.7"),
+            ("x-request-id", "abc"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    /// A client's own Host, X-Forwarded-* and X-Request-Id never reach the upstream beside
+    /// the gateway's: each name is sent once, with the gateway's value, Host first.
+    #[test]
+    fn client_copies_of_gateway_fields_are_never_sent() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x-request-id", "forged"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-kept", "1"),
+            ("host", "evil.test"),
+            ("x-forwarded-for", "7.7.7.7"),
+        ] {
+            h.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let host = HeaderValue::from_static("app.test");
+        let id = HeaderValue::from_static("gw-id");
+        let mut forwarding = fwd(&host, &id, false);
+        forwarding.https = false;
+        let first = sent(h, &mut forwarding, false);
+        assert_eq!(first[0], ("host".to_owned(), "app.test".to_owned()));
+        for (name, value) in [
+            ("host", "app.test"),
+            ("x-forwarded-host", "app.test"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-for", "10.0.0.7"),
+            ("x-request-id", "gw-id"),
+            ("x-kept", "1"),
+        ] {
+            assert_eq!(values(&first, name), [value], "{name} in {first:?}");
+        }
+
+        // Without a host from the client, neither Host nor X-Forwarded-Host is sent.
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("evil.test"));
+        h.insert(
+            X_FORWARDED_HOST.clone(),
+            HeaderValue::from_static("evil.test"),
+        );
+        let mut forwarding = fwd(&host, &id, false);
+        forwarding.host = None;
+        let hostless = sent(h, &mut forwarding, false);
+        assert!(values(&hostless, "host").is_empty(), "{hostless:?}");
+        assert!(
+            values(&hostless, "x-forwarded-host").is_empty(),
+            "{hostless:?}"
+        );
     }
 
     #[test]
@@ -324,12 +456,13 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("1.1.1.1"));
         h.append(X_FORWARDED_FOR.clone(), HeaderValue::from_static("2.2.2.2"));
-        let mut untrusted = h.clone();
-        prepare_request(&mut untrusted, &mut fwd(&host, &id, false), false);
-        assert_eq!(untrusted.get_all(&X_FORWARDED_FOR).iter().count(), 1);
-        assert_eq!(untrusted[&X_FORWARDED_FOR], "10.0.0.7");
-        prepare_request(&mut h, &mut fwd(&host, &id, true), false);
-        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.7");
+        let untrusted = sent(h.clone(), &mut fwd(&host, &id, false), false);
+        assert_eq!(values(&untrusted, "x-forwarded-for"), ["10.0.0.7"]);
+        let trusted = sent(h, &mut fwd(&host, &id, true), false);
+        assert_eq!(
+            values(&trusted, "x-forwarded-for"),
+            ["1.1.1.1, 2.2.2.2, 10.0.0.7"]
+        );
     }
 
     #[test]
@@ -340,9 +473,13 @@ mod tests {
         assert!(is_websocket_upgrade(&h));
         let host = HeaderValue::from_static("h");
         let id = HeaderValue::from_static("i");
-        prepare_request(&mut h, &mut fwd(&host, &id, false), true);
-        assert_eq!(h[UPGRADE], "websocket");
-        assert_eq!(h[CONNECTION], "upgrade");
+        let upgrade = sent(h.clone(), &mut fwd(&host, &id, false), true);
+        assert_eq!(values(&upgrade, "upgrade"), ["websocket"]);
+        assert_eq!(values(&upgrade, "connection"), ["upgrade"]);
+        // Not a WebSocket request: neither field is passed on.
+        let plain = sent(h, &mut fwd(&host, &id, false), false);
+        assert!(values(&plain, "upgrade").is_empty(), "{plain:?}");
+        assert!(values(&plain, "connection").is_empty(), "{plain:?}");
 
         let mut h = HeaderMap::new();
         h.insert(UPGRADE, HeaderValue::from_static("h2c"));

@@ -85,7 +85,7 @@ pub async fn forward<'u>(
     drop(client_uri);
     let had_framing =
         header_map.contains_key(CONTENT_LENGTH) || header_map.contains_key(TRANSFER_ENCODING);
-    headers::prepare_request(&mut header_map, &mut fwd, websocket);
+    let gateway_fields = headers::prepare_request(&mut header_map, &mut fwd, websocket);
 
     body::check_declared_length(&body, body_limit)?;
     let settings = &upstream.settings;
@@ -146,7 +146,7 @@ pub async fn forward<'u>(
         };
         let server = &upstream.servers[index];
         let in_flight = InFlight::new(&server.state);
-        match client::send(server, request, &limits).await {
+        match client::send(server, request, &gateway_fields, &limits).await {
             Ok((head, conn)) => {
                 if head.response.status() == StatusCode::SWITCHING_PROTOCOLS
                     && client_upgrade.is_none()
