@@ -429,3 +429,137 @@ async fn request_head_completed_in_time_is_served() {
     assert!(got.ends_with("GET /ok"), "{got}");
     assert_eq!(up.hits(), 1);
 }
+
+/// An HTTP/2 upload that stops arriving ends after `idle_timeout` (here 500 ms), as on
+/// HTTP/1.1: the stream gets a 400 and is reset, the upstream never sees the request
+/// (buffered), and the connection still serves a new request.
+#[tokio::test]
+async fn h2_stalled_request_body_times_out() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "", "  idle_timeout: 500ms");
+    let gw = TestGateway::start(&yaml).await;
+    let mut conn = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // POST / with `content-length: 10`, then 5 bytes of body and nothing more.
+    let mut post = vec![0x83, 0x86];
+    post.extend_from_slice(GET_SECOND_HALF);
+    post.extend_from_slice(&[0x0f, 0x0d, 0x02, b'1', b'0']);
+    let first = [
+        preface,
+        &h2_frame(0x4, 0, 0, &[]),
+        &h2_frame(H2_HEADERS, H2_END_HEADERS, 1, &post),
+        &h2_frame(0x0, 0, 1, b"hello"),
+    ]
+    .concat();
+    conn.write_all(&first).await.unwrap();
+    let start = Instant::now();
+    let mut bytes = Vec::new();
+    const RST_STREAM: u8 = 0x3;
+    assert!(
+        h2_frame_arrives(&mut conn, &mut bytes, RST_STREAM, 1).await,
+        "stream 1 not ended: {:?}",
+        h2_frames(&bytes)
+    );
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(2500),
+        "stream ended after {took:?}"
+    );
+    // The answer before the reset: HEADERS whose block opens with `:status 400` (HPACK
+    // static table entry 12).
+    let mut rest = &bytes[..];
+    let mut status = None;
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        if rest[3] == H2_HEADERS && rest[8] == 1 {
+            status = rest.get(9).copied();
+        }
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert_eq!(status, Some(0x8c), "{:?}", h2_frames(&bytes));
+    assert_eq!(up.hits(), 0, "the upstream saw the stalled request");
+
+    // The connection is still good for another request.
+    conn.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.unwrap(); // SETTINGS ACK
+    let mut get = GET_FIRST_HALF.to_vec();
+    get.extend_from_slice(GET_SECOND_HALF);
+    let flags = H2_END_HEADERS | H2_END_STREAM;
+    conn.write_all(&h2_frame(H2_HEADERS, flags, 3, &get))
+        .await
+        .unwrap();
+    assert!(
+        h2_frame_arrives(&mut conn, &mut bytes, H2_HEADERS, 3).await,
+        "stream 3 not answered"
+    );
+}
+
+/// An HTTP/2 client that keeps its stream's flow-control window shut (initial window 0,
+/// never a WINDOW_UPDATE) while answering every PING holds nothing for ever: a response
+/// that waits `idle_timeout` (here 500 ms) for the client closes the connection, as a
+/// client that stops reading does on HTTP/1.1.
+#[tokio::test]
+async fn h2_response_the_client_never_takes_is_cut_off() {
+    let _g = shared().await;
+    let up = CountingUpstream::start().await;
+    let yaml = simple_yaml(up.addr, "", "  idle_timeout: 500ms");
+    let gw = TestGateway::start(&yaml).await;
+    let mut conn = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
+    let settings = h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]);
+    // GET /download/999999 (`:path` as a literal with the static table's name 4).
+    let mut get = vec![0x82, 0x86, 0x04, 0x10];
+    get.extend_from_slice(b"/download/999999");
+    get.extend_from_slice(&GET_SECOND_HALF[1..]);
+    let flags = H2_END_HEADERS | H2_END_STREAM;
+    let request = h2_frame(H2_HEADERS, flags, 1, &get);
+    conn.write_all(&[preface, &settings, &request].concat())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut pending = Vec::new();
+    let mut all = Vec::new();
+    const PING: u8 = 0x6;
+    let closed = loop {
+        if start.elapsed() > Duration::from_secs(5) {
+            break false;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => {
+                pending.extend_from_slice(&buf[..n]);
+                all.extend_from_slice(&buf[..n]);
+            }
+            Err(_) => continue,
+        }
+        // Answer each whole PING (flags 0) the way a live client does.
+        while pending.len() >= 9 {
+            let len = usize::from(pending[0]) << 16
+                | usize::from(pending[1]) << 8
+                | usize::from(pending[2]);
+            if pending.len() < 9 + len {
+                break;
+            }
+            if pending[3] == PING && pending[4] == 0 {
+                let ack = h2_frame(PING, 0x1, 0, &pending[9..9 + len]);
+                if conn.write_all(&ack).await.is_err() {
+                    break;
+                }
+            }
+            pending.drain(..9 + len);
+        }
+    };
+    let took = start.elapsed();
+    assert!(closed, "still open after {took:?}: {:?}", h2_frames(&all));
+    // Two to three checks of idle_timeout / 2 after the response began to wait.
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_millis(2500),
+        "closed after {took:?}"
+    );
+    assert!(
+        h2_frames(&all).contains(&(H2_HEADERS, 1)),
+        "the response head was sent"
+    );
+}

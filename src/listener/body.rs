@@ -1,11 +1,14 @@
 //! The body of a client's request, whichever server read its head: the gateway's own
 //! HTTP/1.1 connection ([`super::http1`]) or hyper's HTTP/2 one.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::BoxError;
 
@@ -16,7 +19,79 @@ pub enum RequestBody {
     /// Read from an HTTP/1.1 connection as the handler asks for it.
     Http1(super::http1::Body),
     /// An HTTP/2 stream's DATA frames.
-    Http2(hyper::body::Incoming),
+    Http2(Http2Body),
+}
+
+/// An HTTP/2 request body that fails once no DATA has arrived for `idle` (`idle_timeout`,
+/// nginx's `client_body_timeout`), as the HTTP/1.1 connection times a stalled body: the
+/// h2 connection stays open for its other streams, but a stalled upload cannot hold its
+/// stream, its handler (and with `request_buffering: false` an upstream connection) for
+/// ever. The handler answers 400 and hyper resets the stream.
+pub struct Http2Body {
+    inner: hyper::body::Incoming,
+    idle: Duration,
+    /// Set when a wait for DATA begins, made on the first wait.
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl Http2Body {
+    pub fn new(inner: hyper::body::Incoming, idle: Duration) -> Self {
+        Http2Body {
+            inner,
+            idle,
+            timer: None,
+            waiting: false,
+        }
+    }
+}
+
+impl Body for Http2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let deadline = Instant::now() + this.idle;
+                let timer = match &mut this.timer {
+                    Some(timer) => {
+                        if !this.waiting {
+                            timer.as_mut().reset(deadline);
+                        }
+                        timer
+                    }
+                    None => this
+                        .timer
+                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                this.waiting = true;
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BoxError::from(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no request body data within idle_timeout",
+                    ))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl std::fmt::Debug for RequestBody {
@@ -40,7 +115,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Http1(body) => Pin::new(body).poll_frame(cx),
-            Self::Http2(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Self::Http2(body) => Pin::new(body).poll_frame(cx),
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::body::RequestBody;
+use super::body::{Http2Body, RequestBody};
 use crate::config::ServerSettings;
 use crate::handler::{self, ConnInfo, State};
 use crate::sendfile::Zerocopy;
@@ -141,33 +141,25 @@ pub async fn serve<I>(
         };
         return super::http1::serve(io, limits, state, info, shutdown, first_request_by).await;
     }
+    let streams = streams::Streams::new();
     let watch = Watch {
-        epoch: Instant::now(),
-        last_activity: Arc::new(AtomicU64::new(0)),
-        in_flight: Arc::new(AtomicUsize::new(0)),
+        streams: streams.clone(),
         requested: Arc::new(AtomicBool::new(false)),
         idle: builders.idle_timeout,
         first_request_by,
         shutdown,
     };
-    let streams = streams::Streams {
-        in_flight: watch.in_flight.clone(),
-        last_activity: watch.last_activity.clone(),
-        epoch: watch.epoch,
-    };
     let requested = watch.requested.clone();
+    let idle = builders.idle_timeout;
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         requested.store(true, Ordering::Relaxed);
         let in_flight = streams.start();
-        let handled = handler::handle(state.load_full(), info.clone(), req.map(RequestBody::Http2));
+        let req = req.map(|body| RequestBody::Http2(Http2Body::new(body, idle)));
+        let handled = handler::handle(state.load_full(), info.clone(), req);
         async move {
             let response = handled.await?.into_response();
             Ok::<_, std::convert::Infallible>(response.map(|inner| {
-                let counted = streams::Counted {
-                    inner,
-                    _in_flight: in_flight,
-                };
-                http_body_util::BodyExt::boxed_unsync(counted)
+                http_body_util::BodyExt::boxed_unsync(streams::Counted::new(inner, in_flight))
             }))
         }
     });
@@ -176,12 +168,10 @@ pub async fn serve<I>(
     watch.drive(conn, |c| c.graceful_shutdown()).await
 }
 
-/// The timers around one HTTP/2 connection: first request, idle, and shutdown.
+/// The timers around one HTTP/2 connection: first request, idle, stalled responses, and
+/// shutdown.
 struct Watch {
-    epoch: Instant,
-    last_activity: Arc<AtomicU64>,
-    /// Requests in flight.
-    in_flight: Arc<AtomicUsize>,
+    streams: streams::Streams,
     /// Whether a request has reached the service yet (for the first-request deadline).
     requested: Arc<AtomicBool>,
     idle: Duration,
@@ -197,6 +187,8 @@ impl Watch {
     {
         tokio::pin!(conn);
         let mut draining = false;
+        // Draining because the connection went idle (not for shutdown).
+        let mut closing_idle = false;
         let idle_check = tokio::time::sleep(self.idle);
         tokio::pin!(idle_check);
         // The first request must arrive within header_read_timeout of the connection (or of
@@ -235,17 +227,27 @@ impl Watch {
                         return;
                     }
                 }
-                _ = idle_check.as_mut(), if !draining => {
-                    if self.in_flight.load(Ordering::Relaxed) > 0 {
-                        idle_check.as_mut().reset((Instant::now() + self.idle).into());
+                _ = idle_check.as_mut(), if !draining || closing_idle => {
+                    if closing_idle {
+                        // A response the client never takes can hold a graceful close open.
+                        tracing::debug!("closing connection: still open idle_timeout after going away");
+                        return;
+                    }
+                    if self.streams.in_flight() > 0 {
+                        if self.streams.stalled() {
+                            tracing::debug!("closing connection: a response waited idle_timeout for the client");
+                            return;
+                        }
+                        idle_check.as_mut().reset((Instant::now() + self.idle / 2).into());
                         continue;
                     }
-                    let last = Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
-                    let quiet_for = self.epoch.elapsed().saturating_sub(last);
+                    let quiet_for = self.streams.quiet_for();
                     if quiet_for >= self.idle {
                         tracing::debug!("closing idle connection");
                         draining = true;
+                        closing_idle = true;
                         graceful(conn.as_mut());
+                        idle_check.as_mut().reset((Instant::now() + self.idle).into());
                     } else {
                         idle_check.as_mut().reset((Instant::now() + (self.idle - quiet_for)).into());
                     }
