@@ -170,9 +170,8 @@ async fn silent_connection_is_closed_after_header_read_timeout() {
 async fn h2_prior_knowledge_without_a_request_is_closed_after_header_read_timeout() {
     let _g = shared().await;
     let (_up, gw) = short_head_timeout().await;
-    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let whole = [preface, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
-    for sent in [&preface[..10], &whole[..]] {
+    let whole = [H2_PREFACE, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat();
+    for sent in [&H2_PREFACE[..10], &whole[..]] {
         let mut stream = TcpStream::connect(gw.addr("http")).await.unwrap();
         let start = Instant::now();
         stream.write_all(sent).await.unwrap();
@@ -192,6 +191,9 @@ fn h2_frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
     frame
 }
 
+/// The HTTP/2 prior-knowledge preface.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_SETTINGS: u8 = 0x4;
 const H2_HEADERS: u8 = 0x1;
 const H2_CONTINUATION: u8 = 0x9;
 const H2_END_STREAM: u8 = 0x1;
@@ -242,10 +244,9 @@ async fn h2_later_header_block_is_cut_off_after_header_read_timeout() {
     let (up, gw) = short_head_timeout().await;
     for trickle in [false, true] {
         let mut conn = TcpStream::connect(gw.addr("http")).await.unwrap();
-        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         let first = [
-            preface,
-            &h2_frame(0x4, 0, 0, &[]),
+            H2_PREFACE,
+            &h2_frame(H2_SETTINGS, 0, 0, &[]),
             &h2_frame(H2_HEADERS, H2_END_STREAM, 1, GET_FIRST_HALF),
         ]
         .concat();
@@ -258,7 +259,9 @@ async fn h2_later_header_block_is_cut_off_after_header_read_timeout() {
             h2_frame_arrives(&mut conn, &mut bytes, H2_HEADERS, 1).await,
             "first request not answered"
         );
-        conn.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.unwrap(); // SETTINGS ACK
+        conn.write_all(&h2_frame(H2_SETTINGS, 0x1, 0, &[]))
+            .await
+            .unwrap(); // SETTINGS ACK
 
         tokio::time::sleep(Duration::from_millis(500)).await;
         let hits = up.hits();
@@ -440,14 +443,13 @@ async fn h2_stalled_request_body_times_out() {
     let yaml = simple_yaml(up.addr, "", "  idle_timeout: 500ms");
     let gw = TestGateway::start(&yaml).await;
     let mut conn = TcpStream::connect(gw.addr("http")).await.unwrap();
-    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     // POST / with `content-length: 10`, then 5 bytes of body and nothing more.
     let mut post = vec![0x83, 0x86];
     post.extend_from_slice(GET_SECOND_HALF);
     post.extend_from_slice(&[0x0f, 0x0d, 0x02, b'1', b'0']);
     let first = [
-        preface,
-        &h2_frame(0x4, 0, 0, &[]),
+        H2_PREFACE,
+        &h2_frame(H2_SETTINGS, 0, 0, &[]),
         &h2_frame(H2_HEADERS, H2_END_HEADERS, 1, &post),
         &h2_frame(0x0, 0, 1, b"hello"),
     ]
@@ -481,7 +483,9 @@ async fn h2_stalled_request_body_times_out() {
     assert_eq!(up.hits(), 0, "the upstream saw the stalled request");
 
     // The connection is still good for another request.
-    conn.write_all(&h2_frame(0x4, 0x1, 0, &[])).await.unwrap(); // SETTINGS ACK
+    conn.write_all(&h2_frame(H2_SETTINGS, 0x1, 0, &[]))
+        .await
+        .unwrap(); // SETTINGS ACK
     let mut get = GET_FIRST_HALF.to_vec();
     get.extend_from_slice(GET_SECOND_HALF);
     let flags = H2_END_HEADERS | H2_END_STREAM;
@@ -505,16 +509,15 @@ async fn h2_response_the_client_never_takes_is_cut_off() {
     let yaml = simple_yaml(up.addr, "", "  idle_timeout: 500ms");
     let gw = TestGateway::start(&yaml).await;
     let mut conn = TcpStream::connect(gw.addr("http")).await.unwrap();
-    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
-    let settings = h2_frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0]);
+    let settings = h2_frame(H2_SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]);
     // GET /download/999999 (`:path` as a literal with the static table's name 4).
     let mut get = vec![0x82, 0x86, 0x04, 0x10];
     get.extend_from_slice(b"/download/999999");
     get.extend_from_slice(&GET_SECOND_HALF[1..]);
     let flags = H2_END_HEADERS | H2_END_STREAM;
     let request = h2_frame(H2_HEADERS, flags, 1, &get);
-    conn.write_all(&[preface, &settings, &request].concat())
+    conn.write_all(&[H2_PREFACE, &settings, &request].concat())
         .await
         .unwrap();
     let start = Instant::now();
