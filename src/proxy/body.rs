@@ -2,8 +2,13 @@
 //! (`request_buffering: true`, shielding Gunicorn's sync workers from slow clients: in memory
 //! up to [`MEMORY_THRESHOLD`], spilled to an unnamed temporary file beyond it), or streamed
 //! through with the size limit enforced as bytes pass.
+//!
+//! All requests together keep at most [`MEMORY_BUDGET`] of bodies in memory: past it, a body
+//! spills to a file whatever its size. Without that bound, concurrent uploads (256 streams
+//! on each HTTP/2 connection, or many HTTP/1.1 connections) could hold a MiB each.
 
 use std::io::{Seek, SeekFrom};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::listener::RequestBody;
 use bytes::{Bytes, BytesMut};
@@ -16,14 +21,99 @@ use crate::error::{full_body, BoxError, GatewayBody, GatewayError};
 
 /// Bodies up to this size stay in memory; larger ones go to a temporary file.
 pub const MEMORY_THRESHOLD: usize = 1024 * 1024;
+/// The memory all buffered request bodies may hold together (their buffers' capacity).
+pub const MEMORY_BUDGET: usize = 64 * 1024 * 1024;
+
+/// Bytes of memory held by buffered request bodies, against a limit.
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    pub const fn new(limit: usize) -> Self {
+        Budget {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+}
+
+/// The process's budget for buffered request bodies.
+pub static BUDGET: Budget = Budget::new(MEMORY_BUDGET);
+
+/// One body's share of a [`Budget`], given back when dropped.
+#[derive(Default)]
+pub struct Held {
+    budget: Option<&'static Budget>,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Held({})", self.bytes)
+    }
+}
+
+impl Held {
+    fn new(budget: &'static Budget) -> Self {
+        Held {
+            budget: Some(budget),
+            bytes: 0,
+        }
+    }
+
+    /// Grows the share to `total` bytes if the budget has room.
+    fn grow_to(&mut self, total: usize) -> bool {
+        let Some(budget) = self.budget else {
+            return false;
+        };
+        if total <= self.bytes {
+            return true;
+        }
+        let more = total - self.bytes;
+        if budget.used.fetch_add(more, Ordering::Relaxed) + more > budget.limit {
+            budget.used.fetch_sub(more, Ordering::Relaxed);
+            return false;
+        }
+        self.bytes = total;
+        true
+    }
+
+    /// Records what was really allocated (an allocator may round up past the budget check).
+    fn settle(&mut self, total: usize) {
+        if let Some(budget) = self.budget {
+            if total > self.bytes {
+                budget.used.fetch_add(total - self.bytes, Ordering::Relaxed);
+                self.bytes = total;
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget {
+            budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
+}
 const FILE_READ_CHUNK: usize = 64 * 1024;
 
 /// A request body read in full before the upstream is contacted.
 #[derive(Debug)]
 pub enum Buffered {
     Empty,
-    Memory(Bytes),
-    File { file: std::fs::File, len: u64 },
+    /// In memory, with its share of [`BUDGET`].
+    Memory(Bytes, Held),
+    File {
+        file: std::fs::File,
+        len: u64,
+    },
 }
 
 /// Rejects up front a body whose declared length is over `limit`.
@@ -35,11 +125,34 @@ pub fn check_declared_length(body: &RequestBody, limit: u64) -> Result<(), Gatew
 }
 
 /// Reads the whole body (never more than `limit` bytes) before anything is sent upstream.
-pub async fn buffer(mut body: RequestBody, limit: u64) -> Result<Buffered, GatewayError> {
+pub async fn buffer<B>(body: B, limit: u64) -> Result<Buffered, GatewayError>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
+    buffer_within(body, limit, &BUDGET).await
+}
+
+async fn buffer_within<B>(
+    mut body: B,
+    limit: u64,
+    budget: &'static Budget,
+) -> Result<Buffered, GatewayError>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+{
     if body.is_end_stream() {
         return Ok(Buffered::Empty);
     }
     let mut memory = BytesMut::new();
+    let mut held = Held::new(budget);
+    // A declared length that fits is allocated once.
+    if let Some(len) = body.size_hint().exact() {
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len <= MEMORY_THRESHOLD && held.grow_to(len) {
+            memory.reserve(len);
+            held.settle(memory.capacity());
+        }
+    }
     let mut spill: Option<(std::fs::File, tokio::fs::File)> = None;
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {
@@ -51,12 +164,25 @@ pub async fn buffer(mut body: RequestBody, limit: u64) -> Result<Buffered, Gatew
         if total > limit {
             return Err(GatewayError::BodyTooLarge(limit));
         }
+        let needed = memory.len() + data.len();
+        let fits = spill.is_none()
+            && needed <= MEMORY_THRESHOLD
+            && (needed <= memory.capacity()
+                || held.grow_to(needed.max(memory.capacity() * 2).min(MEMORY_THRESHOLD)));
+        if fits {
+            memory.extend_from_slice(&data);
+            held.settle(memory.capacity());
+            continue;
+        }
         match &mut spill {
             Some((_, file)) => file.write_all(&data).await.map_err(spill_error)?,
-            None if memory.len() + data.len() <= MEMORY_THRESHOLD => {
-                memory.extend_from_slice(&data)
-            }
             None => {
+                if needed <= MEMORY_THRESHOLD {
+                    tracing::debug!(
+                        in_memory = budget.used(),
+                        "request body spilled to a file: the memory budget is in use"
+                    );
+                }
                 let std_file = tokio::task::spawn_blocking(tempfile::tempfile)
                     .await
                     .map_err(|e| GatewayError::Internal(e.to_string()))?
@@ -66,6 +192,7 @@ pub async fn buffer(mut body: RequestBody, limit: u64) -> Result<Buffered, Gatew
                 file.write_all(&memory).await.map_err(spill_error)?;
                 file.write_all(&data).await.map_err(spill_error)?;
                 memory = BytesMut::new();
+                held = Held::default();
                 spill = Some((std_file, file));
             }
         }
@@ -79,7 +206,7 @@ pub async fn buffer(mut body: RequestBody, limit: u64) -> Result<Buffered, Gatew
             }
         }
         None if total == 0 => Buffered::Empty,
-        None => Buffered::Memory(memory.freeze()),
+        None => Buffered::Memory(memory.freeze(), held),
     })
 }
 
@@ -93,13 +220,22 @@ impl Buffered {
     pub fn len(&self) -> u64 {
         match self {
             Self::Empty => 0,
-            Self::Memory(b) => b.len() as u64,
+            Self::Memory(b, _) => b.len() as u64,
             Self::File { len, .. } => *len,
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Takes the body's share of the memory budget, for the caller to hold until the body
+    /// is sent (the bytes stay in memory until then).
+    pub fn take_held(&mut self) -> Held {
+        match self {
+            Self::Memory(_, held) => std::mem::take(held),
+            _ => Held::default(),
+        }
     }
 
     /// The body that sends this buffer upstream (a retry on another server gets the same
@@ -109,7 +245,7 @@ impl Buffered {
     pub fn into_body(self) -> Result<GatewayBody, GatewayError> {
         Ok(match self {
             Self::Empty => empty_body(),
-            Self::Memory(bytes) => full_body(bytes),
+            Self::Memory(bytes, _) => full_body(bytes),
             Self::File { mut file, .. } => {
                 // The writing handle shared this descriptor's offset: rewind it.
                 file.seek(SeekFrom::Start(0)).map_err(spill_error)?;
@@ -143,4 +279,77 @@ pub fn is_length_limit_error(err: &(dyn std::error::Error + 'static)) -> bool {
         current = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A body of `len` bytes in 1 KiB frames, its length not declared (as chunked).
+    fn chunked(len: usize) -> GatewayBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..len / 1024)
+            .map(|_| Ok(Frame::data(Bytes::from(vec![b'x'; 1024]))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    fn declared(len: usize) -> GatewayBody {
+        full_body(Bytes::from(vec![b'y'; len]))
+    }
+
+    async fn read(buffered: Buffered) -> usize {
+        let body = buffered.into_body().unwrap();
+        body.collect().await.unwrap().to_bytes().len()
+    }
+
+    /// Bodies within the threshold stay in memory only while the budget has room; past it
+    /// they go to a file (and read back whole), and a share is given back when dropped.
+    #[tokio::test]
+    async fn bodies_spill_once_the_memory_budget_is_in_use() {
+        static SMALL: Budget = Budget::new(40 * 1024);
+        let first = buffer_within(declared(30 * 1024), u64::MAX, &SMALL)
+            .await
+            .unwrap();
+        assert!(matches!(first, Buffered::Memory(..)), "{first:?}");
+        assert!(SMALL.used() >= 30 * 1024);
+        // Both kinds of body find the budget nearly spent.
+        let second = buffer_within(declared(20 * 1024), u64::MAX, &SMALL)
+            .await
+            .unwrap();
+        assert!(matches!(second, Buffered::File { .. }), "{second:?}");
+        let third = buffer_within(chunked(20 * 1024), u64::MAX, &SMALL)
+            .await
+            .unwrap();
+        assert!(matches!(third, Buffered::File { .. }), "{third:?}");
+        assert_eq!(read(second).await, 20 * 1024);
+        assert_eq!(read(third).await, 20 * 1024);
+
+        // The share goes with the body's Held, wherever that is kept.
+        let mut first = first;
+        let held = first.take_held();
+        assert!(SMALL.used() >= 30 * 1024);
+        assert_eq!(read(first).await, 30 * 1024);
+        drop(held);
+        assert_eq!(SMALL.used(), 0);
+
+        let fourth = buffer_within(chunked(20 * 1024), u64::MAX, &SMALL)
+            .await
+            .unwrap();
+        assert!(matches!(fourth, Buffered::Memory(..)), "{fourth:?}");
+        assert_eq!(read(fourth).await, 20 * 1024);
+        assert_eq!(SMALL.used(), 0);
+    }
+
+    /// A body that outgrows the threshold gives its memory share back as it spills.
+    #[tokio::test]
+    async fn a_spilled_body_holds_no_memory_share() {
+        static ROOMY: Budget = Budget::new(8 * MEMORY_THRESHOLD);
+        let big = buffer_within(chunked(MEMORY_THRESHOLD + 4096), u64::MAX, &ROOMY)
+            .await
+            .unwrap();
+        assert!(matches!(big, Buffered::File { .. }), "{big:?}");
+        assert_eq!(ROOMY.used(), 0);
+        assert_eq!(read(big).await, MEMORY_THRESHOLD + 4096);
+    }
 }

@@ -90,21 +90,25 @@ pub async fn forward<'u>(
     body::check_declared_length(&body, body_limit)?;
     let settings = &upstream.settings;
     let mut replay = None;
+    // Held to the end of this function, which outlives the request's trip upstream.
+    let mut _held = body::Held::default();
     let body = if settings.request_buffering {
         // Boxed: reading a body needs a large future (spill file, buffers) that most
         // requests (GETs, no body) never use; inline, every request's future would carry
         // it and hyper moves that future on each request.
-        let buffered = if body.is_end_stream() {
+        let mut buffered = if body.is_end_stream() {
             body::Buffered::Empty
         } else {
             Box::pin(body::buffer(body, body_limit)).await?
         };
+        // The bytes stay in memory until the request is done with: so does their share.
+        _held = buffered.take_held();
         if had_framing || !buffered.is_empty() {
             header_map.insert(CONTENT_LENGTH, HeaderValue::from(buffered.len()));
         }
         let bytes = match &buffered {
             body::Buffered::Empty => Some(bytes::Bytes::new()),
-            body::Buffered::Memory(b) => Some(b.clone()),
+            body::Buffered::Memory(b, _) => Some(b.clone()),
             body::Buffered::File { .. } => None,
         };
         // The copy costs a header-map clone per request: only kept when a retry on another
