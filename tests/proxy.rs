@@ -134,6 +134,32 @@ async fn raw_upstream(response: &'static [u8]) -> std::net::SocketAddr {
     addr
 }
 
+/// An upstream that stops sending mid-body is given `read_timeout` (here 300 ms; nginx's
+/// `proxy_read_timeout`), then the client's response is cut off: an HTTP/1.1 client sees the
+/// connection close short of `Content-Length`, an HTTP/2 one a reset stream; neither waits
+/// for ever, nor sees a complete body.
+#[tokio::test]
+async fn upstream_stalling_mid_body_is_cut_off_after_read_timeout() {
+    let addr = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+    let yaml = simple_yaml(addr, "    read_timeout: 300ms", "");
+    let gw = TestGateway::start(&yaml).await;
+    for (client, version) in h1_and_h2_clients() {
+        let res = client.get(gw.url("http", "/")).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{version:?}");
+        let start = std::time::Instant::now();
+        let body = tokio::time::timeout(Duration::from_secs(5), res.bytes()).await;
+        let took = start.elapsed();
+        let Ok(body) = body else {
+            panic!("{version:?}: body still open after {took:?}")
+        };
+        assert!(body.is_err(), "{version:?}: a complete body: {body:?}");
+        assert!(
+            took >= Duration::from_millis(200) && took < Duration::from_secs(3),
+            "{version:?}: cut off after {took:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn hop_by_hop_response_fields_never_reach_the_client() {
     // Over HTTP/1.1 the upstream's fields pass through as bytes, over HTTP/2 through a

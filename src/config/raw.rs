@@ -29,6 +29,8 @@ pub mod defaults {
     pub const SERVER_WEIGHT: u32 = 1;
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// nginx's `proxy_read_timeout`.
+    pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
     pub const RETRIES: u32 = 1;
     pub const REQUEST_BUFFERING: bool = true;
     pub const POOL_MAX_IDLE_PER_SERVER: usize = 64;
@@ -129,6 +131,7 @@ pub struct RawUpstream {
     pub hash_key: Option<String>,
     pub connect_timeout: Option<DurationValue>,
     pub response_timeout: Option<DurationValue>,
+    pub read_timeout: Option<DurationValue>,
     pub retries: Option<u32>,
     pub request_buffering: Option<bool>,
     pub pool: Option<RawPool>,

@@ -110,6 +110,9 @@ pub struct UpstreamSettings {
     pub hash_key: Option<KeySource>,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// The longest wait for the next bytes of a response body (nginx's
+    /// `proxy_read_timeout`); past it the response is cut off.
+    pub read_timeout: Duration,
     pub retries: u32,
     pub request_buffering: bool,
     pub pool: PoolSettings,

@@ -40,6 +40,7 @@ upstreams:
     hash_key: "header:X-User-Id" # for consistent_hash: header:NAME | cookie:NAME | client_ip | claim:NAME
     connect_timeout: 2s
     response_timeout: 30s      # time to response head -> 504
+    read_timeout: 60s          # longest wait for more response body bytes; then the response is cut off
     retries: 1                 # only for connect failures and idempotent methods
     request_buffering: true    # read the whole body before contacting upstream (shields sync workers)
     pool: { max_idle_per_server: 64, idle_timeout: 90s }

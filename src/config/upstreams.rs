@@ -93,6 +93,12 @@ fn upstream(name: &str, raw: &RawUpstream, errs: &mut Errors<'_>) -> UpstreamSet
             format!("{path}.response_timeout"),
             errs,
         ),
+        read_timeout: positive(
+            raw.read_timeout,
+            defaults::READ_TIMEOUT,
+            format!("{path}.read_timeout"),
+            errs,
+        ),
         retries: raw.retries.unwrap_or(defaults::RETRIES),
         request_buffering: raw.request_buffering.unwrap_or(defaults::REQUEST_BUFFERING),
         pool: pool(raw.pool.as_ref(), &format!("{path}.pool"), errs),
@@ -312,6 +318,7 @@ mod tests {
         assert_eq!(u.balance, Balance::RoundRobin);
         assert_eq!(u.connect_timeout, Duration::from_secs(2));
         assert_eq!(u.response_timeout, Duration::from_secs(30));
+        assert_eq!(u.read_timeout, Duration::from_secs(60));
         assert_eq!(
             (u.retries, u.request_buffering, u.max_connections),
             (1, true, 0)
@@ -322,9 +329,10 @@ mod tests {
         assert_eq!(u.servers[0].weight, 1);
 
         let s = ok(&with_upstream(
-            "    servers: [\"localhost:8001\", { address: \"127.0.0.1:8002\", weight: 3 }]\n    balance: consistent_hash\n    hash_key: \"cookie:sid\"\n    health_check: {}\n    passive: { eject_for: 5s }\n",
+            "    servers: [\"localhost:8001\", { address: \"127.0.0.1:8002\", weight: 3 }]\n    balance: consistent_hash\n    hash_key: \"cookie:sid\"\n    health_check: {}\n    passive: { eject_for: 5s }\n    read_timeout: 5m\n",
         ));
         let u = &s.upstreams[0];
+        assert_eq!(u.read_timeout, Duration::from_secs(300));
         assert_eq!(u.servers[0].address, "localhost:8001");
         assert_eq!(u.servers[0].socket_addr.port(), 8001);
         assert_eq!(u.servers[1].weight, 3);

@@ -831,6 +831,11 @@ pub struct ResponseBody {
     pool: Arc<ServerPool>,
     keep_alive: bool,
     _in_flight: InFlight,
+    /// The longest wait for more bytes from the upstream (`read_timeout`).
+    read_timeout: Option<Duration>,
+    /// Set when a read starts waiting; made on the first wait.
+    read_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
 }
 
 enum BodyState {
@@ -875,11 +880,38 @@ impl ResponseBody {
             pool,
             keep_alive,
             _in_flight: in_flight,
+            read_timeout: None,
+            read_timer: None,
+            waiting: false,
         };
         if matches!(body.state, BodyState::Done) {
             body.finish();
         }
         body
+    }
+
+    /// Cuts the body off when the upstream sends nothing for `limit`.
+    pub fn read_timeout(mut self, limit: Duration) -> Self {
+        self.read_timeout = Some(limit);
+        self
+    }
+
+    /// For a read that is waiting on the upstream: whether it has waited `read_timeout`.
+    fn poll_read_timeout(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(limit) = self.read_timeout else {
+            return false;
+        };
+        if !self.waiting {
+            self.waiting = true;
+            let deadline = tokio::time::Instant::now() + limit;
+            match &mut self.read_timer {
+                Some(timer) => timer.as_mut().reset(deadline),
+                None => self.read_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.read_timer
+            .as_mut()
+            .is_some_and(|timer| std::future::Future::poll(timer.as_mut(), cx).is_ready())
     }
 
     fn finish(&mut self) {
@@ -960,7 +992,17 @@ impl Body for ResponseBody {
                 BodyState::Failed(_) => return Poll::Ready(None),
             };
             // More bytes are needed.
-            let read = ready!(poll_fill(&mut conn.io, &mut conn.buf, cx, room));
+            let read = match poll_fill(&mut conn.io, &mut conn.buf, cx, room) {
+                Poll::Ready(read) => read,
+                Poll::Pending => {
+                    if this.poll_read_timeout(cx) {
+                        let error = "upstream sent nothing within read_timeout mid-body";
+                        return this.fail(cx, error.into());
+                    }
+                    return Poll::Pending;
+                }
+            };
+            this.waiting = false;
             if let Ok(n) = read {
                 this.read_size = next_read_size(this.read_size, n);
             }

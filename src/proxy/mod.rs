@@ -172,6 +172,7 @@ pub async fn forward<'u>(
                     reply: finish_response(
                         head,
                         conn,
+                        settings.read_timeout,
                         &server.pool,
                         client_upgrade,
                         fwd.request_id,
@@ -285,6 +286,7 @@ fn is_server_failure(error: &GatewayError) -> bool {
 fn finish_response(
     head: Head,
     conn: Conn,
+    read_timeout: Duration,
     pool: &Arc<ServerPool>,
     client_upgrade: Option<OnUpgrade>,
     request_id: &HeaderValue,
@@ -313,7 +315,10 @@ fn finish_response(
         h1::release(pool, conn, keep_alive);
         body::empty_body()
     } else {
-        ResponseBody::new(conn, framing, keep_alive, Arc::clone(pool), in_flight).boxed_unsync()
+        let pool = Arc::clone(pool);
+        ResponseBody::new(conn, framing, keep_alive, pool, in_flight)
+            .read_timeout(read_timeout)
+            .boxed_unsync()
     };
     Reply {
         response: Response::from_parts(parts, body),
