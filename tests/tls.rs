@@ -831,6 +831,41 @@ async fn websocket_upgrade_is_passed_through_plain_and_tls() {
     check_upstream_upgrade_head(&heads.lock().unwrap()[1], "https");
 }
 
+/// A tunnel in which nothing moves either way for the upstream's `read_timeout` (here
+/// 400 ms) is closed, as nginx closes a quiet WebSocket; one that keeps talking stays open.
+#[tokio::test]
+async fn quiet_websocket_is_closed_after_read_timeout() {
+    let (up, _) = websocket_echo_upstream().await;
+    let gw = TestGateway::start(&simple_yaml(up, "    read_timeout: 400ms", "")).await;
+    let mut tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
+    tcp.write_all(WS_REQUEST.as_bytes()).await.unwrap();
+    let head = read_head(&mut tcp, STEP).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    // Talking every 150 ms for 1.5 s, well past read_timeout: every echo comes back.
+    for _ in 0..10 {
+        tcp.write_all(b"ping").await.unwrap();
+        let mut echoed = [0u8; 4];
+        tokio::time::timeout(STEP, tcp.read_exact(&mut echoed))
+            .await
+            .expect("the tunnel closed while in use")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // Then silence: closed after one to two read_timeouts.
+    let start = std::time::Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+        .await
+        .expect("a quiet tunnel stayed open")
+        .ok();
+    let took = start.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2500),
+        "closed after {took:?}"
+    );
+}
+
 // 7. Upstream dies mid-response.
 
 /// A raw upstream announcing a 100000-byte body, sending 10 bytes of it and closing.

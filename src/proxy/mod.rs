@@ -12,6 +12,7 @@ pub mod health;
 pub mod pool;
 mod retry_budget;
 mod server_state;
+mod tunnel;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -302,7 +303,7 @@ fn finish_response(
     let (mut parts, ()) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client)) = (switching, client_upgrade) {
-        splice_upgrade(client, conn, request_id.clone());
+        tunnel::splice(client, conn, read_timeout, request_id.clone());
         // The body of a 101 is empty; the connection now belongs to the splice.
         headers::prepare_response(&mut parts.headers, true);
         return Response::from_parts(parts, body::empty_body()).into();
@@ -325,30 +326,4 @@ fn finish_response(
         // Filtered while parsing (the map is then empty).
         fields: encoded,
     }
-}
-
-/// Joins the client's upgraded connection and the upstream's once the client switched
-/// (bytes the server sent right after its `101` go first). `request_id` names the request
-/// in the splice's log lines (it outlives the handler).
-fn splice_upgrade(client: OnUpgrade, conn: Conn, request_id: HeaderValue) {
-    tokio::spawn(async move {
-        let client = match client.await {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::debug!(request_id = %id_str(&request_id), error = %e, "websocket upgrade failed");
-                return;
-            }
-        };
-        let (mut upstream, early) = conn.into_upgraded();
-        let mut client = client;
-        let result = async {
-            if !early.is_empty() {
-                tokio::io::AsyncWriteExt::write_all(&mut client, &early).await?;
-            }
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-        };
-        if let Err(e) = result.await {
-            tracing::debug!(request_id = %id_str(&request_id), error = %e, "websocket connection ended");
-        }
-    });
 }
