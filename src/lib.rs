@@ -11,7 +11,8 @@
 //! 5. [`proxy`]    — forward to an upstream: header rules, body buffering, retries, pooled client.
 //! 6. [`static_files`] — `static:` routes: safe path → file, negotiation, ranges, file cache;
 //!    [`sendfile`] — their cached bodies leave plain-TCP HTTP/1.1 connections by sendfile(2).
-//! 7. [`error`]    — the one place a failure becomes an HTTP status.
+//! 7. [`error`]    — the one place a failure becomes an HTTP status; [`stall`] — the timer
+//!    behind the timeouts for bodies that stop moving.
 //! 8. [`observability`] — tracing subscriber and the access log.
 //! 9. [`server`]   — wires it all together: start, reload, graceful drain.
 //! 10. [`metrics`], [`admin`] and [`reload`] — Prometheus series, the admin listener
@@ -35,5 +36,6 @@ pub mod reload;
 pub mod router;
 pub mod sendfile;
 pub mod server;
+pub mod stall;
 pub mod static_files;
 pub mod workers;

@@ -1,16 +1,15 @@
 //! The body of a client's request, whichever server read its head: the gateway's own
 //! HTTP/1.1 connection ([`super::http1`]) or hyper's HTTP/2 one.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
 
 use crate::error::BoxError;
+use crate::stall::StallTimer;
 
 /// A request body as the handler sees it.
 pub enum RequestBody {
@@ -29,19 +28,14 @@ pub enum RequestBody {
 /// ever. The handler answers 400 and hyper resets the stream.
 pub struct Http2Body {
     inner: hyper::body::Incoming,
-    idle: Duration,
-    /// Set when a wait for DATA begins, made on the first wait.
-    timer: Option<Pin<Box<Sleep>>>,
-    waiting: bool,
+    stall: StallTimer,
 }
 
 impl Http2Body {
     pub fn new(inner: hyper::body::Incoming, idle: Duration) -> Self {
         Http2Body {
             inner,
-            idle,
-            timer: None,
-            waiting: false,
+            stall: StallTimer::new(idle),
         }
     }
 }
@@ -57,31 +51,16 @@ impl Body for Http2Body {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.waiting = false;
+                this.stall.progress();
                 Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
             }
-            Poll::Pending => {
-                let deadline = Instant::now() + this.idle;
-                let timer = match &mut this.timer {
-                    Some(timer) => {
-                        if !this.waiting {
-                            timer.as_mut().reset(deadline);
-                        }
-                        timer
-                    }
-                    None => this
-                        .timer
-                        .insert(Box::pin(tokio::time::sleep_until(deadline))),
-                };
-                this.waiting = true;
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BoxError::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no request body data within idle_timeout",
-                    ))))),
-                    Poll::Pending => Poll::Pending,
-                }
+            Poll::Pending if this.stall.poll_expired(cx) => {
+                Poll::Ready(Some(Err(BoxError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request body data within idle_timeout",
+                )))))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 

@@ -831,11 +831,8 @@ pub struct ResponseBody {
     pool: Arc<ServerPool>,
     keep_alive: bool,
     _in_flight: InFlight,
-    /// The longest wait for more bytes from the upstream (`read_timeout`).
-    read_timeout: Option<Duration>,
-    /// Set when a read starts waiting; made on the first wait.
-    read_timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    waiting: bool,
+    /// The longest wait for more bytes from the upstream (`read_timeout`), if bounded.
+    stall: Option<crate::stall::StallTimer>,
 }
 
 enum BodyState {
@@ -880,9 +877,7 @@ impl ResponseBody {
             pool,
             keep_alive,
             _in_flight: in_flight,
-            read_timeout: None,
-            read_timer: None,
-            waiting: false,
+            stall: None,
         };
         if matches!(body.state, BodyState::Done) {
             body.finish();
@@ -892,26 +887,8 @@ impl ResponseBody {
 
     /// Cuts the body off when the upstream sends nothing for `limit`.
     pub fn read_timeout(mut self, limit: Duration) -> Self {
-        self.read_timeout = Some(limit);
+        self.stall = Some(crate::stall::StallTimer::new(limit));
         self
-    }
-
-    /// For a read that is waiting on the upstream: whether it has waited `read_timeout`.
-    fn poll_read_timeout(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(limit) = self.read_timeout else {
-            return false;
-        };
-        if !self.waiting {
-            self.waiting = true;
-            let deadline = tokio::time::Instant::now() + limit;
-            match &mut self.read_timer {
-                Some(timer) => timer.as_mut().reset(deadline),
-                None => self.read_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-        }
-        self.read_timer
-            .as_mut()
-            .is_some_and(|timer| std::future::Future::poll(timer.as_mut(), cx).is_ready())
     }
 
     fn finish(&mut self) {
@@ -995,14 +972,16 @@ impl Body for ResponseBody {
             let read = match poll_fill(&mut conn.io, &mut conn.buf, cx, room) {
                 Poll::Ready(read) => read,
                 Poll::Pending => {
-                    if this.poll_read_timeout(cx) {
+                    if this.stall.as_mut().is_some_and(|s| s.poll_expired(cx)) {
                         let error = "upstream sent nothing within read_timeout mid-body";
                         return this.fail(cx, error.into());
                     }
                     return Poll::Pending;
                 }
             };
-            this.waiting = false;
+            if let Some(stall) = &mut this.stall {
+                stall.progress();
+            }
             if let Ok(n) = read {
                 this.read_size = next_read_size(this.read_size, n);
             }
