@@ -394,11 +394,16 @@ async fn rate_limited_requests_are_counted_by_route() {
     assert_eq!(gw.get("/a").await, 200);
     assert_eq!(gw.get("/a").await, 429);
     assert_eq!(gw.get("/a").await, 429);
+    let limited = [("route", "limited"), ("status", "429")];
+    // requests_total is counted when each response body is done, which can come just after
+    // the client has read it (a CI run once scraped 1 of 2): wait for both.
+    eventually("both 429s counted", Duration::from_secs(5), || async {
+        gw.scrape().await.value("gateway_requests_total", &limited) == Some(2.0)
+    })
+    .await;
     let m = gw.scrape().await;
     assert_eq!(
         m.get("gateway_rate_limited_total", &[("route", "limited")]),
         2.0
     );
-    let limited = [("route", "limited"), ("status", "429")];
-    assert_eq!(m.get("gateway_requests_total", &limited), 2.0);
 }
