@@ -262,11 +262,15 @@ async fn reload_succeeds_or_keeps_the_old_config_and_counts_both() {
     assert_eq!(gw.get("/hello").await, 200);
     assert_eq!(other.hits(), 2);
 
+    // Counted when each response body is done: wait for the second.
+    let get = [("route", "site"), ("method", "GET"), ("status", "200")];
+    eventually("both GETs counted", Duration::from_secs(5), || async {
+        gw.scrape().await.value("gateway_requests_total", &get) == Some(2.0)
+    })
+    .await;
     let m = gw.scrape().await;
     let reloads = |result| m.get("gateway_config_reloads_total", &[("result", result)]);
     assert_eq!((reloads("success"), reloads("failure")), (1.0, 1.0));
-    let get = [("route", "site"), ("method", "GET"), ("status", "200")];
-    assert_eq!(m.get("gateway_requests_total", &get), 2.0);
     let old = up.addr.to_string();
     let new = other.addr.to_string();
     let healthy = "gateway_upstream_server_healthy";
