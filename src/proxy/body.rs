@@ -17,7 +17,7 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Limited, StreamBody};
 use tokio::io::AsyncWriteExt;
 
-use crate::error::{full_body, BoxError, GatewayBody, GatewayError};
+use crate::error::{BoxError, GatewayBody, GatewayError};
 
 /// Bodies up to this size stay in memory; larger ones go to a temporary file.
 pub const MEMORY_THRESHOLD: usize = 1024 * 1024;
@@ -229,8 +229,8 @@ impl Buffered {
         self.len() == 0
     }
 
-    /// Takes the body's share of the memory budget, for the caller to hold until the body
-    /// is sent (the bytes stay in memory until then).
+    /// Takes the body's share of the memory budget, for a copy of the bytes that outlives
+    /// the body to hold (otherwise the body holds it until it is dropped).
     pub fn take_held(&mut self) -> Held {
         match self {
             Self::Memory(_, held) => std::mem::take(held),
@@ -245,7 +245,11 @@ impl Buffered {
     pub fn into_body(self) -> Result<GatewayBody, GatewayError> {
         Ok(match self {
             Self::Empty => empty_body(),
-            Self::Memory(bytes, _) => full_body(bytes),
+            Self::Memory(bytes, held) => Holding {
+                inner: http_body_util::Full::new(bytes),
+                _held: held,
+            }
+            .boxed_unsync(),
             Self::File { mut file, .. } => {
                 // The writing handle shared this descriptor's offset: rewind it.
                 file.seek(SeekFrom::Start(0)).map_err(spill_error)?;
@@ -256,6 +260,35 @@ impl Buffered {
                 StreamBody::new(stream).boxed_unsync()
             }
         })
+    }
+}
+
+/// An in-memory body that keeps its share of the budget until it is dropped (sent, or the
+/// request given up).
+struct Holding {
+    inner: http_body_util::Full<Bytes>,
+    _held: Held,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(|never| match never {})
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -284,6 +317,7 @@ pub fn is_length_limit_error(err: &(dyn std::error::Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::full_body;
     use http_body_util::BodyExt;
 
     /// A body of `len` bytes in 1 KiB frames, its length not declared (as chunked).

@@ -90,9 +90,7 @@ pub async fn forward<'u>(
 
     body::check_declared_length(&body, body_limit)?;
     let settings = &upstream.settings;
-    let mut replay = None;
-    // Held to the end of this function, which outlives the request's trip upstream.
-    let mut _held = body::Held::default();
+    let mut replay: Option<Box<Replay>> = None;
     let body = if settings.request_buffering {
         // Boxed: reading a body needs a large future (spill file, buffers) that most
         // requests (GETs, no body) never use; inline, every request's future would carry
@@ -102,8 +100,6 @@ pub async fn forward<'u>(
         } else {
             Box::pin(body::buffer(body, body_limit)).await?
         };
-        // The bytes stay in memory until the request is done with: so does their share.
-        _held = buffered.take_held();
         if had_framing || !buffered.is_empty() {
             header_map.insert(CONTENT_LENGTH, HeaderValue::from(buffered.len()));
         }
@@ -118,8 +114,14 @@ pub async fn forward<'u>(
         if let (true, true, false, Some(bytes)) =
             (can_retry, is_idempotent(&method), websocket, bytes)
         {
-            let uri = Uri::from(path_and_query.clone());
-            replay = Some((method.clone(), uri, header_map.clone(), bytes));
+            replay = Some(Box::new(Replay {
+                method: method.clone(),
+                uri: Uri::from(path_and_query.clone()),
+                headers: header_map.clone(),
+                bytes,
+                // The bytes stay in memory as long as this copy: so does their share.
+                _held: buffered.take_held(),
+            }));
         }
         buffered.into_body()?
     } else {
@@ -190,12 +192,12 @@ pub async fn forward<'u>(
                 // memory is sent again from its copy.
                 let reset = matches!(error, GatewayError::UpstreamFailed { .. });
                 let unsent = unsent.or_else(|| {
-                    let (method, uri, headers, bytes) = replay.as_ref().filter(|_| reset)?;
-                    let body = crate::error::full_body(bytes.clone());
+                    let copy = replay.as_ref().filter(|_| reset)?;
+                    let body = crate::error::full_body(copy.bytes.clone());
                     Some(Unsent::Request(build_request(
-                        method.clone(),
-                        uri.clone(),
-                        headers.clone(),
+                        copy.method.clone(),
+                        copy.uri.clone(),
+                        copy.headers.clone(),
                         body,
                     )))
                 });
@@ -211,6 +213,16 @@ pub async fn forward<'u>(
             }
         }
     }
+}
+
+/// A buffered idempotent request kept to be sent again after a reset. Boxed: most requests
+/// have none, and inline it would sit in (and be moved with) every request's future.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    bytes: bytes::Bytes,
+    _held: body::Held,
 }
 
 fn build_request(
