@@ -205,18 +205,31 @@ const GET_SECOND_HALF: &[u8] = &[
     0x84, 0x01, 0x09, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1',
 ];
 
-/// The (type, stream) of each whole frame in `bytes`, a server's output from its start.
-fn h2_frames(mut bytes: &[u8]) -> Vec<(u8, u8)> {
+/// One HTTP/2 frame as a server wrote it: type, flags, stream (below 256 here), payload.
+type H2Frame<'a> = (u8, u8, u8, &'a [u8]);
+
+/// Each whole frame at the start of `bytes`, and how many bytes they take.
+fn h2_parse(bytes: &[u8]) -> (Vec<H2Frame<'_>>, usize) {
     let mut frames = Vec::new();
-    while bytes.len() >= 9 {
-        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
-        if bytes.len() < 9 + len {
+    let mut at = 0;
+    while let Some(head) = bytes.get(at..at + 9) {
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let Some(payload) = bytes.get(at + 9..at + 9 + len) else {
             break;
-        }
-        frames.push((bytes[3], bytes[8]));
-        bytes = &bytes[9 + len..];
+        };
+        frames.push((head[3], head[4], head[8], payload));
+        at += 9 + len;
     }
+    (frames, at)
+}
+
+/// The (type, stream) of each whole frame in `bytes`, a server's output from its start.
+fn h2_frames(bytes: &[u8]) -> Vec<(u8, u8)> {
+    let (frames, _) = h2_parse(bytes);
     frames
+        .iter()
+        .map(|&(kind, _, stream, _)| (kind, stream))
+        .collect()
 }
 
 /// Reads into `got` (what the server sent so far) until a frame of `kind` arrives on `stream`
@@ -470,15 +483,11 @@ async fn h2_stalled_request_body_times_out() {
     );
     // The answer before the reset: HEADERS whose block opens with `:status 400` (HPACK
     // static table entry 12).
-    let mut rest = &bytes[..];
-    let mut status = None;
-    while rest.len() >= 9 {
-        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
-        if rest[3] == H2_HEADERS && rest[8] == 1 {
-            status = rest.get(9).copied();
-        }
-        rest = &rest[(9 + len).min(rest.len())..];
-    }
+    let (frames, _) = h2_parse(&bytes);
+    let status = frames
+        .iter()
+        .find(|&&(kind, _, stream, _)| kind == H2_HEADERS && stream == 1)
+        .and_then(|(_, _, _, block)| block.first().copied());
     assert_eq!(status, Some(0x8c), "{:?}", h2_frames(&bytes));
     assert_eq!(up.hits(), 0, "the upstream saw the stalled request");
 
@@ -538,21 +547,14 @@ async fn h2_response_the_client_never_takes_is_cut_off() {
             Err(_) => continue,
         }
         // Answer each whole PING (flags 0) the way a live client does.
-        while pending.len() >= 9 {
-            let len = usize::from(pending[0]) << 16
-                | usize::from(pending[1]) << 8
-                | usize::from(pending[2]);
-            if pending.len() < 9 + len {
-                break;
+        let (frames, used) = h2_parse(&pending);
+        for (kind, flags, _, payload) in frames {
+            if kind == PING && flags == 0 {
+                let ack = h2_frame(PING, 0x1, 0, payload);
+                let _ = conn.write_all(&ack).await;
             }
-            if pending[3] == PING && pending[4] == 0 {
-                let ack = h2_frame(PING, 0x1, 0, &pending[9..9 + len]);
-                if conn.write_all(&ack).await.is_err() {
-                    break;
-                }
-            }
-            pending.drain(..9 + len);
         }
+        pending.drain(..used);
     };
     let took = start.elapsed();
     assert!(closed, "still open after {took:?}: {:?}", h2_frames(&all));
