@@ -182,70 +182,6 @@ async fn h2_prior_knowledge_without_a_request_is_closed_after_header_read_timeou
     }
 }
 
-/// One HTTP/2 frame as a client writes it.
-fn h2_frame(kind: u8, flags: u8, stream: u8, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    assert!(len < 256);
-    let mut frame = vec![0, 0, len as u8, kind, flags, 0, 0, 0, stream];
-    frame.extend_from_slice(payload);
-    frame
-}
-
-/// The HTTP/2 prior-knowledge preface.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const H2_SETTINGS: u8 = 0x4;
-const H2_HEADERS: u8 = 0x1;
-const H2_CONTINUATION: u8 = 0x9;
-const H2_END_STREAM: u8 = 0x1;
-const H2_END_HEADERS: u8 = 0x4;
-/// HPACK for `GET http://127.0.0.1/`, cut in two: `:method GET`, `:scheme http` | `:path /`,
-/// `:authority 127.0.0.1`.
-const GET_FIRST_HALF: &[u8] = &[0x82, 0x86];
-const GET_SECOND_HALF: &[u8] = &[
-    0x84, 0x01, 0x09, b'1', b'2', b'7', b'.', b'0', b'.', b'0', b'.', b'1',
-];
-
-/// One HTTP/2 frame as a server wrote it: type, flags, stream (below 256 here), payload.
-type H2Frame<'a> = (u8, u8, u8, &'a [u8]);
-
-/// Each whole frame at the start of `bytes`, and how many bytes they take.
-fn h2_parse(bytes: &[u8]) -> (Vec<H2Frame<'_>>, usize) {
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while let Some(head) = bytes.get(at..at + 9) {
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let Some(payload) = bytes.get(at + 9..at + 9 + len) else {
-            break;
-        };
-        frames.push((head[3], head[4], head[8], payload));
-        at += 9 + len;
-    }
-    (frames, at)
-}
-
-/// The (type, stream) of each whole frame in `bytes`, a server's output from its start.
-fn h2_frames(bytes: &[u8]) -> Vec<(u8, u8)> {
-    let (frames, _) = h2_parse(bytes);
-    frames
-        .iter()
-        .map(|&(kind, _, stream, _)| (kind, stream))
-        .collect()
-}
-
-/// Reads into `got` (what the server sent so far) until a frame of `kind` arrives on `stream`
-/// (true) or the connection closes or 3 s pass (false).
-async fn h2_frame_arrives(conn: &mut TcpStream, got: &mut Vec<u8>, kind: u8, stream: u8) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while !h2_frames(got).contains(&(kind, stream)) {
-        let mut buf = [0u8; 4096];
-        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            _ => return false,
-        }
-    }
-    true
-}
-
 /// Every request on an HTTP/2 connection gets header_read_timeout, not only the first: a
 /// header block split over two writes in time is served, a wait between requests longer than
 /// the timeout is idle (allowed), but a later HEADERS frame whose block never ends (left
@@ -470,9 +406,8 @@ async fn h2_stalled_request_body_times_out() {
     conn.write_all(&first).await.unwrap();
     let start = Instant::now();
     let mut bytes = Vec::new();
-    const RST_STREAM: u8 = 0x3;
     assert!(
-        h2_frame_arrives(&mut conn, &mut bytes, RST_STREAM, 1).await,
+        h2_frame_arrives(&mut conn, &mut bytes, H2_RST_STREAM, 1).await,
         "stream 1 not ended: {:?}",
         h2_frames(&bytes)
     );
@@ -495,12 +430,7 @@ async fn h2_stalled_request_body_times_out() {
     conn.write_all(&h2_frame(H2_SETTINGS, 0x1, 0, &[]))
         .await
         .unwrap(); // SETTINGS ACK
-    let mut get = GET_FIRST_HALF.to_vec();
-    get.extend_from_slice(GET_SECOND_HALF);
-    let flags = H2_END_HEADERS | H2_END_STREAM;
-    conn.write_all(&h2_frame(H2_HEADERS, flags, 3, &get))
-        .await
-        .unwrap();
+    conn.write_all(&h2_get(3, "/")).await.unwrap();
     assert!(
         h2_frame_arrives(&mut conn, &mut bytes, H2_HEADERS, 3).await,
         "stream 3 not answered"
@@ -520,19 +450,13 @@ async fn h2_response_the_client_never_takes_is_cut_off() {
     let mut conn = TcpStream::connect(gw.addr("http")).await.unwrap();
     // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 0.
     let settings = h2_frame(H2_SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]);
-    // GET /download/999999 (`:path` as a literal with the static table's name 4).
-    let mut get = vec![0x82, 0x86, 0x04, 0x10];
-    get.extend_from_slice(b"/download/999999");
-    get.extend_from_slice(&GET_SECOND_HALF[1..]);
-    let flags = H2_END_HEADERS | H2_END_STREAM;
-    let request = h2_frame(H2_HEADERS, flags, 1, &get);
+    let request = h2_get(1, "/download/999999");
     conn.write_all(&[H2_PREFACE, &settings, &request].concat())
         .await
         .unwrap();
     let start = Instant::now();
     let mut pending = Vec::new();
     let mut all = Vec::new();
-    const PING: u8 = 0x6;
     let closed = loop {
         if start.elapsed() > Duration::from_secs(5) {
             break false;
@@ -549,8 +473,8 @@ async fn h2_response_the_client_never_takes_is_cut_off() {
         // Answer each whole PING (flags 0) the way a live client does.
         let (frames, used) = h2_parse(&pending);
         for (kind, flags, _, payload) in frames {
-            if kind == PING && flags == 0 {
-                let ack = h2_frame(PING, 0x1, 0, payload);
+            if kind == H2_PING && flags == 0 {
+                let ack = h2_frame(H2_PING, 0x1, 0, payload);
                 let _ = conn.write_all(&ack).await;
             }
         }

@@ -1090,10 +1090,8 @@ async fn h2_connection_without_a_request_is_closed_after_header_read_timeout() {
     let (ca, _up, gw) =
         a_test_gateway("shutdown_grace: 1s\n  header_read_timeout: 300ms\n  idle_timeout: 60s")
             .await;
-    let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    let empty_settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
-    let partial = &preface[..10];
-    let whole = [preface, empty_settings].concat();
+    let partial = &H2_PREFACE[..10];
+    let whole = [H2_PREFACE, &h2_frame(H2_SETTINGS, 0, 0, &[])].concat();
     for sent in [partial, &whole[..]] {
         let mut tls = tls_connect(gw.addr("https"), ca.rustls_client(&[b"h2"]), "a.test", STEP)
             .await

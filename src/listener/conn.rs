@@ -144,6 +144,7 @@ pub async fn serve<I>(
     let streams = streams::Streams::new();
     let watch = Watch {
         streams: streams.clone(),
+        peer: info.peer,
         requested: Arc::new(AtomicBool::new(false)),
         idle: builders.idle_timeout,
         first_request_by,
@@ -172,6 +173,7 @@ pub async fn serve<I>(
 /// shutdown.
 struct Watch {
     streams: streams::Streams,
+    peer: std::net::SocketAddr,
     /// Whether a request has reached the service yet (for the first-request deadline).
     requested: Arc<AtomicBool>,
     idle: Duration,
@@ -205,6 +207,8 @@ impl Watch {
         // deregister again (a lock each way) on every request.
         let shutdown = self.shutdown.cancelled();
         tokio::pin!(shutdown);
+        let reset_flood = self.streams.reset_flood();
+        tokio::pin!(reset_flood);
         loop {
             tokio::select! {
                 // The connection first: it is what woke us nearly every time (the other
@@ -214,6 +218,12 @@ impl Watch {
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
+                    return;
+                }
+                _ = reset_flood.as_mut() => {
+                    let (early, of) = self.streams.resets();
+                    tracing::warn!(peer = %self.peer, early_resets = early, requests = of,
+                        "closing HTTP/2 connection: the client cancels too many of its requests (rapid reset)");
                     return;
                 }
                 _ = shutdown.as_mut(), if !draining => {

@@ -1,6 +1,6 @@
 //! Integration-test helpers: a gateway started from YAML on 127.0.0.1:0, in-test upstream
 //! servers that record what they see, a throwaway CA (rcgen) and clients that trust it; raw
-//! HTTP/1.1 over plain and TLS sockets in `raw`.
+//! HTTP/1.1 over plain and TLS sockets in `raw`, raw HTTP/2 frames in `h2`.
 #![allow(dead_code)]
 
 use std::convert::Infallible;
@@ -287,12 +287,15 @@ logging:
 }
 
 mod django;
+mod h2;
 mod jwt;
 mod killable;
 mod process;
 mod raw;
 #[allow(unused_imports)] // only the Django tests use these
 pub use django::{django_app_dir, django_stack, Gunicorn};
+#[allow(unused_imports)] // only the raw HTTP/2 tests use these
+pub use h2::*;
 #[allow(unused_imports)] // not every test binary uses the JWT helpers
 pub use jwt::*;
 #[allow(unused_imports)] // only the balance tests kill servers

@@ -1,0 +1,241 @@
+//! HTTP/2 abuse over raw frames: the rapid-reset attack (CVE-2023-44487) in its two forms —
+//! a burst of streams reset before the server took them (h2's own limit) and streams reset
+//! one at a time after each reached the upstream (the gateway's early-reset count) — and
+//! PING / SETTINGS floods from a client that never reads the answers (h2 stops reading
+//! until its answers can be written, so nothing piles up).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::Response;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// RST_STREAM's CANCEL code, as browsers send it.
+const CANCEL: [u8; 4] = [0, 0, 0, 8];
+/// GOAWAY's ENHANCE_YOUR_CALM code.
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// An upstream that holds `/hold` for 5 s and answers anything else at once.
+async fn holding_upstream() -> TestUpstream {
+    TestUpstream::start(|seen: Seen| async move {
+        if seen.uri.path() == "/hold" {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        Response::new(full("ok"))
+    })
+    .await
+}
+
+/// Opens a prior-knowledge HTTP/2 connection (preface and SETTINGS sent).
+async fn h2_connect(gw: &TestGateway) -> TcpStream {
+    let mut conn = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let open = [H2_PREFACE, &h2_frame(H2_SETTINGS, 0, 0, &[])].concat();
+    conn.write_all(&open).await.unwrap();
+    conn
+}
+
+/// Reads everything the server sends until it closes (true) or 3 s pass in silence.
+fn read_all(rd: OwnedReadHalf) -> tokio::task::JoinHandle<(Vec<u8>, bool)> {
+    read_until(rd, None)
+}
+
+/// Reads what the server sends until a frame of `(kind, stream)` arrives (false), it closes
+/// (true) or 3 s pass in silence (false).
+fn read_until(
+    mut rd: OwnedReadHalf,
+    until: Option<(u8, u32)>,
+) -> tokio::task::JoinHandle<(Vec<u8>, bool)> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 16384];
+        loop {
+            if until.is_some_and(|frame| h2_frames(&got).contains(&frame)) {
+                return (got, false);
+            }
+            match tokio::time::timeout(Duration::from_secs(3), rd.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return (got, false),
+            }
+        }
+    })
+}
+
+/// Waits up to 2 s for the upstream to have seen `n` requests.
+async fn upstream_reaches(up: &TestUpstream, n: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while up.hits() < n {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+/// Sends `count` requests for `/hold` on `wr`, each cancelled (RST_STREAM) once the upstream
+/// has it, from stream `first` on. Returns how many were sent and cancelled before the
+/// gateway stopped taking them.
+async fn cancel_one_by_one(
+    up: &TestUpstream,
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    first: u32,
+    count: u32,
+) -> u32 {
+    for i in 0..count {
+        let stream = first + 2 * i;
+        if wr.write_all(&h2_get(stream, "/hold")).await.is_err() {
+            return i;
+        }
+        let seen = up.hits();
+        if !upstream_reaches(up, seen + 1).await {
+            return i;
+        }
+        let reset = h2_frame(H2_RST_STREAM, 0, stream, &CANCEL);
+        if wr.write_all(&reset).await.is_err() {
+            return i;
+        }
+    }
+    count
+}
+
+/// The rapid reset as h2's own limit cannot see it: each request is cancelled only after the
+/// gateway took it and sent it upstream, which costs the gateway that upstream connection.
+/// The connection is closed once its client has cancelled 50 requests early (of its first
+/// 100), so one client connection cannot keep the upstream churning; other connections are
+/// served as before.
+#[tokio::test]
+async fn requests_cancelled_one_by_one_close_the_connection() {
+    let up = holding_upstream().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let (rd, mut wr) = h2_connect(&gw).await.into_split();
+    let reader = read_all(rd);
+
+    let sent = cancel_one_by_one(&up, &mut wr, 1, 300).await;
+    let (got, closed) = reader.await.unwrap();
+    assert!(closed, "open after {sent} cancelled requests");
+    assert!(
+        (50..=52).contains(&sent),
+        "{sent} requests cancelled before the gateway stopped taking them"
+    );
+    assert!(up.hits() <= 52, "the upstream saw {} requests", up.hits());
+    let answered = h2_frames(&got).iter().any(|&(kind, _)| kind == H2_HEADERS);
+    assert!(
+        !answered,
+        "a held request was answered: {:?}",
+        h2_frames(&got)
+    );
+
+    let client = reqwest::Client::new();
+    let fresh = client.get(gw.url("http", "/")).send().await.unwrap();
+    assert_eq!(fresh.status(), 200, "a new connection is served");
+}
+
+/// A browser cancels requests too (a page left while its images load): fewer than 50 early
+/// cancellations leave the connection open and serving.
+#[tokio::test]
+async fn some_cancelled_requests_are_not_a_flood() {
+    let up = holding_upstream().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let (rd, mut wr) = h2_connect(&gw).await.into_split();
+    let reader = read_until(rd, Some((H2_HEADERS, 231)));
+
+    assert_eq!(cancel_one_by_one(&up, &mut wr, 1, 45).await, 45);
+    // Completed requests count for the client: 60 answered, then 10 more cancelled is 55
+    // early cancellations of 115 requests, within "half of all requests".
+    for i in 0..60 {
+        wr.write_all(&h2_get(91 + 2 * i, "/")).await.unwrap();
+    }
+    assert!(upstream_reaches(&up, 105).await, "answered requests");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(cancel_one_by_one(&up, &mut wr, 211, 10).await, 10);
+    wr.write_all(&h2_get(231, "/")).await.unwrap();
+    let (got, closed) = reader.await.unwrap();
+    let frames = h2_frames(&got);
+    assert!(!closed, "the connection was closed: {frames:?}");
+    assert!(
+        frames.contains(&(H2_HEADERS, 231)),
+        "the last request was not answered: {frames:?}"
+    );
+    assert_eq!(h2_goaway_code(&got), None, "the gateway went away");
+}
+
+/// The burst form: a thousand HEADERS + RST_STREAM pairs in one write. h2 counts streams
+/// reset before the server accepted them and answers GOAWAY ENHANCE_YOUR_CALM after 20;
+/// hardly any reach the upstream.
+#[tokio::test]
+async fn burst_of_reset_streams_is_refused() {
+    let up = holding_upstream().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let (rd, mut wr) = h2_connect(&gw).await.into_split();
+    let reader = read_all(rd);
+    let mut burst = Vec::new();
+    for i in 0..1000 {
+        let stream = 1 + 2 * i;
+        burst.extend(h2_get(stream, "/hold"));
+        burst.extend(h2_frame(H2_RST_STREAM, 0, stream, &CANCEL));
+    }
+    let _ = wr.write_all(&burst).await; // may fail once the gateway has closed
+    let (got, closed) = reader.await.unwrap();
+    assert!(closed);
+    assert_eq!(
+        h2_goaway_code(&got),
+        Some(ENHANCE_YOUR_CALM),
+        "{:?}",
+        h2_frames(&got)
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(up.hits() <= 25, "the upstream saw {} requests", up.hits());
+}
+
+/// A client that floods PINGs or SETTINGS (each owed an answer) and never reads the answers
+/// gets nothing queued for it: once the answers cannot be written, the gateway stops reading
+/// the connection, so the client's writes stop making progress. Small socket buffers on the
+/// client make that come soon.
+#[tokio::test]
+async fn control_frame_flood_without_reading_stops_being_read() {
+    let up = holding_upstream().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let ping = h2_frame(H2_PING, 0, 0, &[7; 8]);
+    let settings = h2_frame(H2_SETTINGS, 0, 0, &[]);
+    for (name, frame) in [("PING", ping), ("SETTINGS", settings)] {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.set_send_buffer_size(4096).unwrap();
+        let mut conn = socket.connect(gw.addr("http")).await.unwrap();
+        let open = [H2_PREFACE, &h2_frame(H2_SETTINGS, 0, 0, &[])].concat();
+        conn.write_all(&open).await.unwrap();
+        let chunk = frame.repeat(64 * 1024 / frame.len());
+        // Write until a whole second passes without the gateway taking a byte, for at most
+        // 10 s or 256 MiB: a gateway that kept queueing answers would keep reading.
+        let start = Instant::now();
+        let mut written = 0usize;
+        let stalled = loop {
+            if start.elapsed() > Duration::from_secs(10) || written > 256 << 20 {
+                break false;
+            }
+            let rest = &chunk[written % chunk.len()..];
+            match tokio::time::timeout(Duration::from_secs(1), conn.write(rest)).await {
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => panic!(
+                    "{name}: connection failed after {written} bytes, {:?}: {e}",
+                    start.elapsed()
+                ),
+                Err(_) => break true,
+            }
+        };
+        assert!(
+            stalled,
+            "{name}: the gateway took {written} bytes in {:?} without its answers being read",
+            start.elapsed()
+        );
+        assert!(written < 64 << 20, "{name}: {written} bytes taken");
+        // Nothing else is held up by it.
+        let fresh = reqwest::get(gw.url("http", "/")).await.unwrap();
+        assert_eq!(fresh.status(), 200);
+    }
+}
