@@ -2,14 +2,17 @@
 //! a burst of streams reset before the server took them (h2's own limit) and streams reset
 //! one at a time after each reached the upstream (the gateway's early-reset count) — and
 //! PING / SETTINGS floods from a client that never reads the answers (h2 stops reading
-//! until its answers can be written, so nothing piles up).
+//! until its answers can be written, so nothing piles up), and the memory one connection
+//! can make the gateway hold by not reading its responses.
 
 mod common;
+mod limits_support;
 
 use std::time::{Duration, Instant};
 
 use common::*;
 use http::Response;
+use limits_support::CountingUpstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpSocket, TcpStream};
@@ -238,4 +241,75 @@ async fn control_frame_flood_without_reading_stops_being_read() {
         let fresh = reqwest::get(gw.url("http", "/")).await.unwrap();
         assert_eq!(fresh.status(), 200);
     }
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A client that opens every stream it may, grants the gateway the largest windows HTTP/2
+/// allows, asks for large downloads and then never reads: what the gateway holds for it is
+/// bounded by 128 streams x h2's per-stream send buffer (64 KiB) plus the upstream reads,
+/// ~11 MiB. With hyper's defaults (256 streams, 400 KiB each) the same connection held
+/// ~120 MiB. Measured on the `gateway` binary as a child process, so nothing else in the
+/// test counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_bounded_memory() {
+    let up = CountingUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    let port = free_port();
+    let yaml = simple_yaml(up.addr, "", "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&config, yaml).unwrap();
+    let gw = Running::start(&config);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "gateway not listening: {}",
+            gw.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = gw.child.id();
+    let before = rss_kib(pid);
+
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    // SETTINGS_INITIAL_WINDOW_SIZE (0x4) = 2^31 - 1, and the connection window raised to it.
+    let settings = h2_frame(H2_SETTINGS, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]);
+    const WINDOW_UPDATE: u8 = 0x8;
+    let raise = (0x7fff_ffff_u32 - 65_535).to_be_bytes();
+    let mut out = [
+        H2_PREFACE,
+        &settings,
+        &h2_frame(WINDOW_UPDATE, 0, 0, &raise),
+    ]
+    .concat();
+    for i in 0..256 {
+        out.extend(h2_get(1 + 2 * i, "/download/100000000"));
+    }
+    conn.write_all(&out).await.unwrap();
+
+    wait_until("128 streams upstream", Duration::from_secs(10), || {
+        up.hits() >= 128
+    })
+    .await;
+    let mut peak = 0;
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        peak = peak.max(rss_kib(pid));
+    }
+    let grew_mib = peak.saturating_sub(before) / 1024;
+    assert!(
+        grew_mib < 32,
+        "the gateway grew by {grew_mib} MiB for one connection"
+    );
+    assert_eq!(up.hits(), 128, "streams beyond 128 were refused");
+    drop(conn);
 }

@@ -51,6 +51,7 @@ impl Builders {
             .timer(TokioTimer::new())
             .max_header_list_size(max_header_list)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .max_send_buf_size(H2_SEND_BUFFER)
             .keep_alive_interval(Some(server.idle_timeout))
             .keep_alive_timeout(H2_PING_TIMEOUT);
         Builders {
@@ -62,7 +63,13 @@ impl Builders {
     }
 }
 
-const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// nginx's `http2_max_concurrent_streams` default.
+const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Response bytes h2 holds per stream for a client that has granted the window but not yet
+/// taken the bytes off the socket (hyper's default is 400 KiB): with the stream limit, what
+/// a client that stops reading can make one connection hold, about 11 MiB here against
+/// ~120 MiB with 256 streams at the default (nginx's per-request proxy buffers are 64 KiB).
+const H2_SEND_BUFFER: usize = 64 * 1024;
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The HTTP/2 connection preface a prior-knowledge client opens with (RFC 9113 §3.4).

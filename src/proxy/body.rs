@@ -4,7 +4,7 @@
 //! through with the size limit enforced as bytes pass.
 //!
 //! All requests together keep at most [`MEMORY_BUDGET`] of bodies in memory: past it, a body
-//! spills to a file whatever its size. Without that bound, concurrent uploads (256 streams
+//! spills to a file whatever its size. Without that bound, concurrent uploads (128 streams
 //! on each HTTP/2 connection, or many HTTP/1.1 connections) could hold a MiB each.
 
 use std::io::{Seek, SeekFrom};
