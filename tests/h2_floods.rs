@@ -1,9 +1,9 @@
 //! HTTP/2 abuse over raw frames: the rapid-reset attack (CVE-2023-44487) in its two forms —
 //! a burst of streams reset before the server took them (h2's own limit) and streams reset
-//! one at a time after each reached the upstream (the gateway's early-reset count) — and
-//! PING / SETTINGS floods from a client that never reads the answers (h2 stops reading
-//! until its answers can be written, so nothing piles up), and the memory one connection
-//! can make the gateway hold by not reading its responses.
+//! one at a time after each reached the upstream (the gateway's early-reset count) — the
+//! CONTINUATION flood, PING / SETTINGS floods from a client that never reads the answers
+//! (h2 stops reading until its answers can be written, so nothing piles up), and the memory
+//! one connection can make the gateway hold by not reading its responses.
 
 mod common;
 mod limits_support;
@@ -193,6 +193,39 @@ async fn burst_of_reset_streams_is_refused() {
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(up.hits() <= 25, "the upstream saw {} requests", up.hits());
+}
+
+/// The CONTINUATION flood (2024's CVE-2024-27316 family): a header block kept open by
+/// endless CONTINUATION frames that add nothing (a dynamic-table-size update, or empty).
+/// h2 counts them and answers GOAWAY ENHANCE_YOUR_CALM at once, long before the
+/// header_read_timeout would; nothing reaches the upstream.
+#[tokio::test]
+async fn continuation_flood_is_refused() {
+    let up = holding_upstream().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    for filler in [&[][..], &[0x20]] {
+        let (rd, mut wr) = h2_connect(&gw).await.into_split();
+        let reader = read_all(rd);
+        let mut flood = h2_frame(H2_HEADERS, H2_END_STREAM, 1, GET_FIRST_HALF);
+        let more = h2_frame(H2_CONTINUATION, 0, 1, filler);
+        flood.extend(more.repeat(100_000));
+        let start = Instant::now();
+        let _ = wr.write_all(&flood).await; // may fail once the gateway has closed
+        let (got, closed) = reader.await.unwrap();
+        assert!(closed, "filler {filler:?}: still open");
+        assert_eq!(
+            h2_goaway_code(&got),
+            Some(ENHANCE_YOUR_CALM),
+            "filler {filler:?}: {:?}",
+            h2_frames(&got)
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    assert_eq!(up.hits(), 0);
 }
 
 /// A client that floods PINGs or SETTINGS (each owed an answer) and never reads the answers
