@@ -33,6 +33,13 @@ async fn holding_upstream() -> TestUpstream {
     .await
 }
 
+/// A gateway (default limits) in front of [`holding_upstream`].
+async fn holding_gateway() -> (TestUpstream, TestGateway) {
+    let up = holding_upstream().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    (up, gw)
+}
+
 /// Opens a prior-knowledge HTTP/2 connection (preface and SETTINGS sent).
 async fn h2_connect(gw: &TestGateway) -> TcpStream {
     let mut conn = TcpStream::connect(gw.addr("http")).await.unwrap();
@@ -113,8 +120,7 @@ async fn cancel_one_by_one(
 /// served as before.
 #[tokio::test]
 async fn requests_cancelled_one_by_one_close_the_connection() {
-    let up = holding_upstream().await;
-    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let (up, gw) = holding_gateway().await;
     let (rd, mut wr) = h2_connect(&gw).await.into_split();
     let reader = read_all(rd);
 
@@ -142,8 +148,7 @@ async fn requests_cancelled_one_by_one_close_the_connection() {
 /// cancellations leave the connection open and serving.
 #[tokio::test]
 async fn some_cancelled_requests_are_not_a_flood() {
-    let up = holding_upstream().await;
-    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let (up, gw) = holding_gateway().await;
     let (rd, mut wr) = h2_connect(&gw).await.into_split();
     let reader = read_until(rd, Some((H2_HEADERS, 231)));
 
@@ -172,8 +177,7 @@ async fn some_cancelled_requests_are_not_a_flood() {
 /// hardly any reach the upstream.
 #[tokio::test]
 async fn burst_of_reset_streams_is_refused() {
-    let up = holding_upstream().await;
-    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let (up, gw) = holding_gateway().await;
     let (rd, mut wr) = h2_connect(&gw).await.into_split();
     let reader = read_all(rd);
     let mut burst = Vec::new();
@@ -201,8 +205,7 @@ async fn burst_of_reset_streams_is_refused() {
 /// header_read_timeout would; nothing reaches the upstream.
 #[tokio::test]
 async fn continuation_flood_is_refused() {
-    let up = holding_upstream().await;
-    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let (up, gw) = holding_gateway().await;
     for filler in [&[][..], &[0x20]] {
         let (rd, mut wr) = h2_connect(&gw).await.into_split();
         let reader = read_all(rd);
@@ -234,8 +237,7 @@ async fn continuation_flood_is_refused() {
 /// client make that come soon.
 #[tokio::test]
 async fn control_frame_flood_without_reading_stops_being_read() {
-    let up = holding_upstream().await;
-    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let (_up, gw) = holding_gateway().await;
     let ping = h2_frame(H2_PING, 0, 0, &[7; 8]);
     let settings = h2_frame(H2_SETTINGS, 0, 0, &[]);
     for (name, frame) in [("PING", ping), ("SETTINGS", settings)] {
