@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use http::Response;
 use limits_support::CountingUpstream;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -22,11 +22,14 @@ const CANCEL: [u8; 4] = [0, 0, 0, 8];
 /// GOAWAY's ENHANCE_YOUR_CALM code.
 const ENHANCE_YOUR_CALM: u32 = 0xb;
 
-/// An upstream that holds `/hold` for 5 s and answers anything else at once.
+/// An upstream that holds `/hold` for 5 s, `/slow` for 300 ms, and answers anything else
+/// at once.
 async fn holding_upstream() -> TestUpstream {
     TestUpstream::start(|seen: Seen| async move {
-        if seen.uri.path() == "/hold" {
-            tokio::time::sleep(Duration::from_secs(5)).await;
+        match seen.uri.path() {
+            "/hold" => tokio::time::sleep(Duration::from_secs(5)).await,
+            "/slow" => tokio::time::sleep(Duration::from_millis(300)).await,
+            _ => {}
         }
         Response::new(full("ok"))
     })
@@ -92,7 +95,7 @@ async fn upstream_reaches(up: &TestUpstream, n: usize) -> bool {
 /// gateway stopped taking them.
 async fn cancel_one_by_one(
     up: &TestUpstream,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    wr: &mut (impl AsyncWrite + Unpin),
     first: u32,
     count: u32,
 ) -> u32 {
@@ -115,9 +118,9 @@ async fn cancel_one_by_one(
 
 /// The rapid reset as h2's own limit cannot see it: each request is cancelled only after the
 /// gateway took it and sent it upstream, which costs the gateway that upstream connection.
-/// The connection is closed once its client has cancelled 50 requests early (of its first
-/// 100), so one client connection cannot keep the upstream churning; other connections are
-/// served as before.
+/// Once its client has cancelled 50 requests early (of its first 100) the connection goes
+/// away (GOAWAY); this client ignores that and goes on, and 10 more close it. One client
+/// connection cannot keep the upstream churning; other connections are served as before.
 #[tokio::test]
 async fn requests_cancelled_one_by_one_close_the_connection() {
     let (up, gw) = holding_gateway().await;
@@ -128,10 +131,11 @@ async fn requests_cancelled_one_by_one_close_the_connection() {
     let (got, closed) = reader.await.unwrap();
     assert!(closed, "open after {sent} cancelled requests");
     assert!(
-        (50..=52).contains(&sent),
+        (60..=62).contains(&sent),
         "{sent} requests cancelled before the gateway stopped taking them"
     );
-    assert!(up.hits() <= 52, "the upstream saw {} requests", up.hits());
+    assert!(up.hits() <= 62, "the upstream saw {} requests", up.hits());
+    assert_eq!(h2_goaway_code(&got), Some(0), "{:?}", h2_frames(&got));
     let answered = h2_frames(&got).iter().any(|&(kind, _)| kind == H2_HEADERS);
     assert!(
         !answered,
@@ -142,6 +146,60 @@ async fn requests_cancelled_one_by_one_close_the_connection() {
     let client = reqwest::Client::new();
     let fresh = client.get(gw.url("http", "/")).send().await.unwrap();
     assert_eq!(fresh.status(), 200, "a new connection is served");
+}
+
+/// The same limit reached by a client that heeds GOAWAY (a browser whose page cancels many
+/// requests): the request it still has in flight is answered, then the connection closes;
+/// nothing it asked for is lost.
+#[tokio::test]
+async fn going_away_for_resets_finishes_the_requests_in_flight() {
+    let (up, gw) = holding_gateway().await;
+    let mut conn = h2_connect(&gw).await;
+    assert_eq!(cancel_one_by_one(&up, &mut conn, 1, 49).await, 49);
+    conn.write_all(&h2_get(99, "/slow")).await.unwrap();
+    assert!(upstream_reaches(&up, 50).await);
+    assert_eq!(cancel_one_by_one(&up, &mut conn, 101, 1).await, 1);
+
+    // Read to the end, answering PINGs as a live client does.
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut at = 0;
+    let closed = loop {
+        let mut buf = [0u8; 16384];
+        match tokio::time::timeout(Duration::from_secs(3), conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+        let (frames, used) = h2_parse(&got[at..]);
+        let pings: Vec<Vec<u8>> = frames
+            .iter()
+            .filter(|&&(kind, flags, ..)| kind == H2_PING && flags == 0)
+            .map(|&(_, _, _, payload)| h2_frame(H2_PING, 0x1, 0, payload))
+            .collect();
+        at += used;
+        for ack in pings {
+            let _ = conn.write_all(&ack).await;
+        }
+    };
+    let frames = h2_frames(&got);
+    assert!(closed, "still open: {frames:?}");
+    assert_eq!(h2_goaway_code(&got), Some(0), "{frames:?}");
+    let (all, _) = h2_parse(&got);
+    let status = all
+        .iter()
+        .find(|&&(kind, _, stream, _)| kind == H2_HEADERS && stream == 99)
+        .and_then(|(_, _, _, block)| block.first().copied());
+    assert_eq!(
+        status,
+        Some(0x88),
+        "the request in flight got a 200: {frames:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 /// A browser cancels requests too (a page left while its images load): fewer than 50 early

@@ -196,8 +196,11 @@ impl Watch {
     {
         tokio::pin!(conn);
         let mut draining = false;
-        // Draining because the connection went idle (not for shutdown).
+        // Draining because the connection went idle or its client reset too many requests
+        // (not for shutdown): closed outright if still open `idle` later.
         let mut closing_idle = false;
+        // Gone away for a reset flood: more resets close the connection at once.
+        let mut flooded = false;
         let idle_check = tokio::time::sleep(self.idle);
         tokio::pin!(idle_check);
         // The first request must arrive within header_read_timeout of the connection (or of
@@ -229,9 +232,19 @@ impl Watch {
                 }
                 _ = reset_flood.as_mut() => {
                     let (early, of) = self.streams.resets();
+                    if flooded {
+                        tracing::warn!(peer = %self.peer, early_resets = early, requests = of,
+                            "closing HTTP/2 connection: the client kept cancelling its requests after GOAWAY");
+                        return;
+                    }
                     tracing::warn!(peer = %self.peer, early_resets = early, requests = of,
-                        "closing HTTP/2 connection: the client cancels too many of its requests (rapid reset)");
-                    return;
+                        "HTTP/2 connection going away: the client cancels too many of its requests (rapid reset)");
+                    flooded = true;
+                    reset_flood.set(self.streams.reset_flood());
+                    draining = true;
+                    closing_idle = true;
+                    graceful(conn.as_mut());
+                    idle_check.as_mut().reset((Instant::now() + self.idle).into());
                 }
                 _ = shutdown.as_mut(), if !draining => {
                     draining = true;

@@ -23,11 +23,13 @@
 //!   open upstream connections as fast as it sends frames. As Envoy does, a request ended
 //!   by its client within [`EARLY`] of its start, before its response was complete, counts
 //!   as an early reset; [`FLOOD_WINDOW`] / 2 of them among the connection's first
-//!   [`FLOOD_WINDOW`] requests, or more than half of its requests after that, closes the
-//!   connection.
+//!   [`FLOOD_WINDOW`] requests, or more than half of its requests after that, make the
+//!   connection go away (GOAWAY: requests in flight finish, a browser opens a new
+//!   connection for the next ones), and [`AFTER_GOAWAY`] more early resets (a client that
+//!   ignores the GOAWAY) close it at once.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -45,6 +47,8 @@ const EARLY: Duration = Duration::from_secs(1);
 /// Early resets tolerated: half of this many among the first this many requests, half of
 /// all requests after that.
 pub const FLOOD_WINDOW: usize = 100;
+/// Early resets after the flood was signalled that signal it again.
+pub const AFTER_GOAWAY: usize = 10;
 
 #[derive(Default)]
 struct Shared {
@@ -59,8 +63,9 @@ struct Shared {
     /// Requests ended so far, and how many of them were early resets.
     ended: AtomicUsize,
     early_resets: AtomicUsize,
-    /// Set, and `flood` signalled, once early resets pass the limit.
-    flooded: AtomicBool,
+    /// The early resets counted when they passed the limit (0 until then); `flood` is
+    /// signalled then, and again [`AFTER_GOAWAY`] early resets later.
+    flood_at: AtomicUsize,
     flood: Notify,
 }
 
@@ -112,7 +117,8 @@ impl Streams {
         false
     }
 
-    /// Resolves when the client has reset too many of its requests early (once).
+    /// Resolves when the client has reset too many of its requests early, and (made anew)
+    /// once more if it goes on after that.
     pub async fn reset_flood(&self) {
         self.shared.flood.notified().await
     }
@@ -139,12 +145,27 @@ impl Streams {
             return;
         }
         let resets = shared.early_resets.fetch_add(1, Ordering::Relaxed) + 1;
+        let flood_at = shared.flood_at.load(Ordering::Relaxed);
+        if flood_at != 0 {
+            // Each count is seen by one caller only: signalled once more.
+            if resets == flood_at + AFTER_GOAWAY {
+                shared.flood.notify_one();
+            }
+            return;
+        }
         let flood = if ended <= FLOOD_WINDOW {
             resets * 2 >= FLOOD_WINDOW
         } else {
             resets * 2 > ended
         };
-        if flood && !shared.flooded.swap(true, Ordering::Relaxed) {
+        let first = || {
+            let (relaxed, from) = (Ordering::Relaxed, 0);
+            shared
+                .flood_at
+                .compare_exchange(from, resets, relaxed, relaxed)
+                .is_ok()
+        };
+        if flood && first() {
             shared.flood.notify_one();
         }
     }
@@ -315,8 +336,12 @@ mod tests {
         run(&streams, 1, 0);
         assert!(flood_signalled(&streams));
         assert_eq!(streams.resets(), (FLOOD_WINDOW / 2, FLOOD_WINDOW / 2));
-        // Signalled once only.
-        run(&streams, 10, 0);
+        // Signalled again only after AFTER_GOAWAY more.
+        run(&streams, AFTER_GOAWAY - 1, 0);
+        assert!(!flood_signalled(&streams));
+        run(&streams, 1, 0);
+        assert!(flood_signalled(&streams));
+        run(&streams, 3 * AFTER_GOAWAY, 0);
         assert!(!flood_signalled(&streams));
     }
 
