@@ -158,6 +158,8 @@ pub struct ConnInfo {
     pub peer_trusted: bool,
     /// Plain TCP: where static responses offer their bodies for sendfile.
     pub sendfile: Option<crate::sendfile::Slot>,
+    /// The listener's connection-level metrics.
+    pub metrics: Arc<crate::metrics::ListenerMetrics>,
 }
 
 /// A response, and for an HTTP/1 client possibly its fields already encoded (written after

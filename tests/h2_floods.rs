@@ -36,11 +36,26 @@ async fn holding_upstream() -> TestUpstream {
     .await
 }
 
-/// A gateway (default limits) in front of [`holding_upstream`].
+/// A gateway (default limits, an admin listener) in front of [`holding_upstream`].
 async fn holding_gateway() -> (TestUpstream, TestGateway) {
     let up = holding_upstream().await;
-    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let admin = "admin:\n  bind: \"127.0.0.1:0\"";
+    let gw = TestGateway::start(&simple_yaml(up.addr, admin, "")).await;
     (up, gw)
+}
+
+/// The `gateway_http2_reset_floods_total` sample of the `http` listener.
+async fn reset_floods(gw: &TestGateway) -> String {
+    let admin = gw.gateway.admin_addr().expect("admin listener");
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = "gateway_http2_reset_floods_total{listener=\"http\"} ";
+    let line = text.lines().find(|l| l.starts_with(series));
+    line.unwrap_or("(missing)").to_string()
 }
 
 /// Opens a prior-knowledge HTTP/2 connection (preface and SETTINGS sent).
@@ -146,6 +161,7 @@ async fn requests_cancelled_one_by_one_close_the_connection() {
     let client = reqwest::Client::new();
     let fresh = client.get(gw.url("http", "/")).send().await.unwrap();
     assert_eq!(fresh.status(), 200, "a new connection is served");
+    assert!(reset_floods(&gw).await.ends_with(" 1"));
 }
 
 /// The same limit reached by a client that heeds GOAWAY (a browser whose page cancels many
@@ -219,6 +235,7 @@ async fn some_cancelled_requests_are_not_a_flood() {
     assert!(upstream_reaches(&up, 105).await, "answered requests");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(cancel_one_by_one(&up, &mut wr, 211, 10).await, 10);
+    assert!(reset_floods(&gw).await.ends_with(" 0"));
     wr.write_all(&h2_get(231, "/")).await.unwrap();
     let (got, closed) = reader.await.unwrap();
     let frames = h2_frames(&got);

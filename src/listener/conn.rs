@@ -152,6 +152,7 @@ pub async fn serve<I>(
     let watch = Watch {
         streams: streams.clone(),
         peer: info.peer,
+        metrics: info.metrics.clone(),
         requested: Arc::new(AtomicBool::new(false)),
         idle: builders.idle_timeout,
         first_request_by,
@@ -181,6 +182,7 @@ pub async fn serve<I>(
 struct Watch {
     streams: streams::Streams,
     peer: std::net::SocketAddr,
+    metrics: Arc<crate::metrics::ListenerMetrics>,
     /// Whether a request has reached the service yet (for the first-request deadline).
     requested: Arc<AtomicBool>,
     idle: Duration,
@@ -239,6 +241,7 @@ impl Watch {
                     }
                     tracing::warn!(peer = %self.peer, early_resets = early, requests = of,
                         "HTTP/2 connection going away: the client cancels too many of its requests (rapid reset)");
+                    self.metrics.reset_flood();
                     flooded = true;
                     reset_flood.set(self.streams.reset_flood());
                     draining = true;

@@ -150,6 +150,7 @@ impl Acceptor {
             redirect_https,
             peer_trusted,
             sendfile: tls.is_none().then(crate::sendfile::Slot::default),
+            metrics: metrics.clone(),
         };
         let Some(acceptor) = tls else {
             return Box::pin(conn::serve_tcp(

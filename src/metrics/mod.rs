@@ -13,6 +13,7 @@
 //! `gateway_retries_total{upstream}`, `gateway_jwt_rejections_total{policy,reason}`,
 //! `gateway_active_connections{listener}`, `gateway_tls_handshakes_total{listener,version}`,
 //! `gateway_tls_handshake_failures_total{listener,reason}`,
+//! `gateway_http2_reset_floods_total{listener}`,
 //! `gateway_config_reloads_total{result}`, `gateway_rate_limited_total{route}`,
 //! `gateway_build_info{version}`, `process_start_time_seconds`, and (Linux)
 //! `process_resident_memory_bytes`, `process_open_fds`.
@@ -60,6 +61,7 @@ pub struct Metrics {
     active_connections: Family<ListenerLabel, Gauge>,
     tls_handshakes: Family<TlsVersionLabels, Counter>,
     tls_failures: Family<TlsFailureLabels, Counter>,
+    reset_floods: Family<ListenerLabel, Counter>,
     reload_success: Counter,
     reload_failure: Counter,
 }
@@ -90,6 +92,7 @@ impl Metrics {
             active_connections: Family::default(),
             tls_handshakes: Family::default(),
             tls_failures: Family::default(),
+            reset_floods: Family::default(),
             reload_success: Counter::default(),
             reload_failure: Counter::default(),
             registry: Registry::default(),
@@ -169,6 +172,11 @@ impl Metrics {
             "Failed or timed-out TLS handshakes",
             m.tls_failures.clone(),
         );
+        r.register(
+            "gateway_http2_reset_floods",
+            "HTTP/2 connections sent away for cancelling too many requests early (rapid reset)",
+            m.reset_floods.clone(),
+        );
         let reloads: Family<ResultLabel, Counter> = Family::default();
         let reload_success = reloads.get_or_create_owned(&ResultLabel { result: "success" });
         let reload_failure = reloads.get_or_create_owned(&ResultLabel { result: "failure" });
@@ -213,12 +221,15 @@ impl Metrics {
             listener: listener.clone(),
             reason,
         };
-        let active = self.active_connections.get_or_create_owned(&ListenerLabel {
+        let label = ListenerLabel {
             listener: listener.clone(),
-        });
+        };
+        let active = self.active_connections.get_or_create_owned(&label);
+        let reset_floods = self.reset_floods.get_or_create_owned(&label);
         if !tls {
             return ListenerMetrics {
                 active,
+                reset_floods,
                 tls12: Counter::default(),
                 tls13: Counter::default(),
                 tls_error: Counter::default(),
@@ -227,6 +238,7 @@ impl Metrics {
         }
         ListenerMetrics {
             active,
+            reset_floods,
             tls12: self.tls_handshakes.get_or_create_owned(&version("1.2")),
             tls13: self.tls_handshakes.get_or_create_owned(&version("1.3")),
             tls_error: self.tls_failures.get_or_create_owned(&failure("error")),
@@ -263,6 +275,7 @@ impl Metrics {
 #[derive(Clone, Debug)]
 pub struct ListenerMetrics {
     active: Gauge,
+    reset_floods: Counter,
     tls12: Counter,
     tls13: Counter,
     tls_error: Counter,
@@ -281,6 +294,11 @@ impl ListenerMetrics {
             Some(rustls::ProtocolVersion::TLSv1_3) => self.tls13.inc(),
             _ => self.tls12.inc(),
         };
+    }
+
+    /// An HTTP/2 connection sent away for a reset flood.
+    pub fn reset_flood(&self) {
+        self.reset_floods.inc();
     }
 
     pub fn handshake_failed(&self, timed_out: bool) {
