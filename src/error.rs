@@ -54,6 +54,9 @@ pub enum GatewayError {
     RateLimited(std::time::Duration),
     #[error("error reading the request body: {0}")]
     ClientBody(#[source] BoxError),
+    /// Request bodies buffered to files are at `server.max_buffer_file_bytes`.
+    #[error("no room to buffer the request body (server.max_buffer_file_bytes)")]
+    BufferFull,
     #[error("no healthy server in upstream {0}")]
     NoHealthyServer(String),
     #[error("could not connect to upstream server {server}: {source}")]
@@ -90,7 +93,7 @@ impl GatewayError {
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::NoHealthyServer(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyServer(_) | Self::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -112,6 +115,7 @@ impl GatewayError {
             Self::BodyTooLarge(_) => "body_too_large",
             Self::RateLimited(_) => "rate_limited",
             Self::NoHealthyServer(_) => "no_healthy_upstream",
+            Self::BufferFull => "buffer_full",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamFailed { .. } => "upstream_failed",
@@ -125,7 +129,7 @@ impl GatewayError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
             | Self::NoHealthyServer(_) => Side::Upstream,
-            Self::Internal(_) => Side::Internal,
+            Self::Internal(_) | Self::BufferFull => Side::Internal,
             _ => Side::Downstream,
         }
     }

@@ -132,6 +132,7 @@ impl Reloader {
         // Routes first, then listeners: an added listener never serves the old routes.
         let new = Arc::new(state);
         let old = self.state.swap(new.clone());
+        crate::proxy::body::FILE_BUDGET.set_limit(settings.server.max_buffer_file_bytes);
         self.metrics.forget_removed(&old.metrics, &new.metrics);
         old.retire();
         let listeners = self.listeners.commit(plan).await;

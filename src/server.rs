@@ -114,6 +114,7 @@ impl Gateway {
             .await
             .map_err(StartError::Policies)?;
         let state = Arc::new(ArcSwap::from_pointee(state));
+        crate::proxy::body::FILE_BUDGET.set_limit(settings.server.max_buffer_file_bytes);
         let tracker = TaskTracker::new();
         let listeners = Arc::new(ListenerSet::new(
             workers.to_vec(),

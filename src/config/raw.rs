@@ -20,6 +20,7 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_HEADER_BYTES: u64 = 16 * 1024;
     pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+    pub const MAX_BUFFER_FILE_BYTES: u64 = 1024 * 1024 * 1024;
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
     pub const TLS_MIN_VERSION: &str = "1.2";
@@ -90,6 +91,7 @@ pub struct RawServer {
     pub idle_timeout: Option<DurationValue>,
     pub max_header_bytes: Option<ByteSize>,
     pub max_body_bytes: Option<ByteSize>,
+    pub max_buffer_file_bytes: Option<ByteSize>,
     pub shutdown_grace: Option<DurationValue>,
     pub trusted_proxies: Option<Vec<String>>,
 }

@@ -37,6 +37,8 @@ pub struct ServerSettings {
     pub idle_timeout: Duration,
     pub max_header_bytes: u64,
     pub max_body_bytes: u64,
+    /// All request bodies buffered to temporary files together, at most (past it, 503).
+    pub max_buffer_file_bytes: u64,
     pub shutdown_grace: Duration,
     pub trusted_proxies: Vec<IpNet>,
 }

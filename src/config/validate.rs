@@ -9,10 +9,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::error::Errors;
-use super::raw::{defaults, RawConfig, RawLogging, RawServer};
+use super::raw::{defaults, RawConfig, RawLogging, RawRoute, RawServer};
 use super::units::DurationValue;
 use super::{jwt_policy, listeners, routes, upstreams};
 use super::{AdminSettings, LogFormat, LoggingSettings, ServerSettings, Settings};
+use super::{RouteHandler, RouteSettings, UpstreamSettings};
 
 /// Validates everything; `None` when any error was recorded.
 pub(crate) fn validate(
@@ -44,6 +45,7 @@ pub(crate) fn validate(
         base_dir,
     };
     let routes = routes::validate(&raw.routes, &ctx, errs);
+    buffered_bodies_fit(&server, &raw.routes, &routes, &upstreams, errs);
     let logging = logging(raw.logging.unwrap_or_default(), errs);
 
     if errs.count() > 0 {
@@ -59,6 +61,57 @@ pub(crate) fn validate(
         admin,
         logging,
     })
+}
+
+/// Every body a buffering upstream may be sent fits in `server.max_buffer_file_bytes`: a
+/// larger `max_body_bytes` would let through bodies that could never be buffered.
+fn buffered_bodies_fit(
+    server: &ServerSettings,
+    raw_routes: &[Option<RawRoute>],
+    routes: &[RouteSettings],
+    upstreams: &[Option<UpstreamSettings>],
+    errs: &mut Errors<'_>,
+) {
+    let limit = server.max_buffer_file_bytes;
+    if routes.len() != raw_routes.len() {
+        return; // a route failed to parse (reported): indices would not line up
+    }
+    let mut server_reported = false;
+    for (i, route) in routes.iter().enumerate() {
+        let upstream = match &route.handler {
+            RouteHandler::Upstream(u)
+            | RouteHandler::Static {
+                upstream: Some(u), ..
+            } => *u,
+            RouteHandler::Static { upstream: None, .. } => continue,
+        };
+        let Some(Some(upstream)) = upstreams.get(upstream) else {
+            continue;
+        };
+        if !upstream.request_buffering || route.max_body_bytes <= limit {
+            continue;
+        }
+        let own = raw_routes[i]
+            .as_ref()
+            .is_some_and(|r| r.max_body_bytes.is_some());
+        if !own && server_reported {
+            continue;
+        }
+        server_reported |= !own;
+        let path = match own {
+            true => format!("routes[{i}].max_body_bytes"),
+            false => "server.max_body_bytes".to_string(),
+        };
+        errs.add(
+            path,
+            format!(
+                "{} bytes is more than server.max_buffer_file_bytes ({limit} bytes), but \
+                 upstream {:?} buffers request bodies (request_buffering: true): raise \
+                 max_buffer_file_bytes, lower max_body_bytes, or stream this upstream",
+                route.max_body_bytes, upstream.name
+            ),
+        );
+    }
 }
 
 /// `base_dir/p` unless `p` is absolute.
@@ -170,6 +223,9 @@ fn server(raw: RawServer, errs: &mut Errors<'_>) -> ServerSettings {
         ),
         max_header_bytes,
         max_body_bytes: raw.max_body_bytes.map_or(defaults::MAX_BODY_BYTES, |s| s.0),
+        max_buffer_file_bytes: raw
+            .max_buffer_file_bytes
+            .map_or(defaults::MAX_BUFFER_FILE_BYTES, |s| s.0),
         // 0 is allowed: stop at once without draining.
         shutdown_grace: raw.shutdown_grace.map_or(defaults::SHUTDOWN_GRACE, |d| d.0),
         trusted_proxies,
@@ -233,6 +289,7 @@ mod tests {
         assert_eq!(s.server.idle_timeout, Duration::from_secs(60));
         assert_eq!(s.server.max_header_bytes, 16 * 1024);
         assert_eq!(s.server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(s.server.max_buffer_file_bytes, 1 << 30);
         assert_eq!(s.server.shutdown_grace, Duration::from_secs(30));
         assert!(s.server.trusted_proxies.is_empty());
         assert_eq!(s.logging.level, "info");
@@ -259,6 +316,31 @@ mod tests {
             nets,
             ["10.0.0.0/8", "192.0.2.7/32", "::1/128", "10.1.0.0/16"]
         );
+    }
+
+    /// A body a buffering upstream may be sent must fit the file budget; the error names the
+    /// key that sets the too-large limit (the route's own, else the server's, once).
+    #[test]
+    fn max_body_bytes_past_the_file_budget_of_a_buffering_upstream() {
+        use super::super::test_support::LISTENER;
+        let upstreams = "upstreams:\n  app:\n    servers: [\"127.0.0.1:8001\"]\n  stream:\n    servers: [\"127.0.0.1:8002\"]\n    request_buffering: false\n";
+        let routes = "routes:\n  - match: { path_prefix: /a }\n    upstream: app\n  - match: { path_prefix: /b }\n    upstream: app\n    max_body_bytes: 8MiB\n  - match: { path_prefix: /c }\n    upstream: stream\n    max_body_bytes: 8GiB\n  - match: { path_prefix: / }\n    upstream: app\n";
+        let server = "server:\n  max_body_bytes: 4MiB\n  max_buffer_file_bytes: 2MiB\n";
+        let errs = errors_of(&format!("{server}{LISTENER}{upstreams}{routes}"));
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["server.max_body_bytes", "routes[1].max_body_bytes"]);
+        assert_eq!(errs[0].line, Some(2));
+        assert!(
+            errs[1]
+                .message
+                .contains("upstream \"app\" buffers request bodies"),
+            "{}",
+            errs[1].message
+        );
+        // Streaming upstreams need no file room; a budget as large as the limits is fine.
+        let server = "server:\n  max_body_bytes: 4MiB\n  max_buffer_file_bytes: 8MiB\n";
+        let s = ok(&format!("{server}{LISTENER}{upstreams}{routes}"));
+        assert_eq!(s.server.max_buffer_file_bytes, 8 << 20);
     }
 
     #[test]

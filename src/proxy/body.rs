@@ -5,7 +5,10 @@
 //!
 //! All requests together keep at most [`MEMORY_BUDGET`] of bodies in memory: past it, a body
 //! spills to a file whatever its size. Without that bound, concurrent uploads (128 streams
-//! on each HTTP/2 connection, or many HTTP/1.1 connections) could hold a MiB each.
+//! on each HTTP/2 connection, or many HTTP/1.1 connections) could hold a MiB each. Files
+//! have their budget too ([`FILE_BUDGET`], `server.max_buffer_file_bytes`): a body that
+//! would pass it gets 503, so slow uploads cannot fill the disk (or RAM, where `$TMPDIR` is
+//! a tmpfs, as on Debian 13).
 
 use std::io::{Seek, SeekFrom};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,27 +27,40 @@ pub const MEMORY_THRESHOLD: usize = 1024 * 1024;
 /// The memory all buffered request bodies may hold together (their buffers' capacity).
 pub const MEMORY_BUDGET: usize = 64 * 1024 * 1024;
 
-/// Bytes of memory held by buffered request bodies, against a limit.
+/// Bytes held by buffered request bodies (in memory, or in files), against a limit.
 pub struct Budget {
     used: AtomicUsize,
-    limit: usize,
+    limit: AtomicUsize,
 }
 
 impl Budget {
     pub const fn new(limit: usize) -> Self {
         Budget {
             used: AtomicUsize::new(0),
-            limit,
+            limit: AtomicUsize::new(limit),
         }
     }
 
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
     }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// A new limit (a reload): shares already held are kept, growth is checked against it.
+    pub fn set_limit(&self, limit: u64) {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.limit.store(limit, Ordering::Relaxed);
+    }
 }
 
-/// The process's budget for buffered request bodies.
+/// The process's budget for buffered request bodies in memory.
 pub static BUDGET: Budget = Budget::new(MEMORY_BUDGET);
+/// The process's budget for buffered request bodies in temporary files: the running
+/// configuration's `server.max_buffer_file_bytes` (set at start and on reload).
+pub static FILE_BUDGET: Budget = Budget::new(1 << 30);
 
 /// One body's share of a [`Budget`], given back when dropped.
 #[derive(Default)]
@@ -76,7 +92,7 @@ impl Held {
             return true;
         }
         let more = total - self.bytes;
-        if budget.used.fetch_add(more, Ordering::Relaxed) + more > budget.limit {
+        if budget.used.fetch_add(more, Ordering::Relaxed) + more > budget.limit() {
             budget.used.fetch_sub(more, Ordering::Relaxed);
             return false;
         }
@@ -110,9 +126,11 @@ pub enum Buffered {
     Empty,
     /// In memory, with its share of [`BUDGET`].
     Memory(Bytes, Held),
+    /// In a temporary file, with its share of [`FILE_BUDGET`].
     File {
         file: std::fs::File,
         len: u64,
+        held: Held,
     },
 }
 
@@ -129,13 +147,14 @@ pub async fn buffer<B>(body: B, limit: u64) -> Result<Buffered, GatewayError>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
 {
-    buffer_within(body, limit, &BUDGET).await
+    buffer_within(body, limit, &BUDGET, &FILE_BUDGET).await
 }
 
 async fn buffer_within<B>(
     mut body: B,
     limit: u64,
     budget: &'static Budget,
+    files: &'static Budget,
 ) -> Result<Buffered, GatewayError>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,
@@ -154,6 +173,7 @@ where
         }
     }
     let mut spill: Option<(std::fs::File, tokio::fs::File)> = None;
+    let mut on_disk = Held::new(files);
     let mut total: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(GatewayError::ClientBody)?;
@@ -173,6 +193,14 @@ where
             memory.extend_from_slice(&data);
             held.settle(memory.capacity());
             continue;
+        }
+        if !on_disk.grow_to(usize::try_from(total).unwrap_or(usize::MAX)) {
+            tracing::warn!(
+                on_disk = files.used(),
+                limit = files.limit(),
+                "request refused: request bodies buffered to files are at server.max_buffer_file_bytes"
+            );
+            return Err(GatewayError::BufferFull);
         }
         match &mut spill {
             Some((_, file)) => file.write_all(&data).await.map_err(spill_error)?,
@@ -203,6 +231,7 @@ where
             Buffered::File {
                 file: std_file,
                 len: total,
+                held: on_disk,
             }
         }
         None if total == 0 => Buffered::Empty,
@@ -250,27 +279,35 @@ impl Buffered {
                 _held: held,
             }
             .boxed_unsync(),
-            Self::File { mut file, .. } => {
+            Self::File { mut file, held, .. } => {
                 // The writing handle shared this descriptor's offset: rewind it.
                 file.seek(SeekFrom::Start(0)).map_err(spill_error)?;
                 let file = tokio::fs::File::from_std(file);
                 let stream = tokio_util::io::ReaderStream::with_capacity(file, FILE_READ_CHUNK)
                     .map_ok(Frame::data)
                     .map_err(BoxError::from);
-                StreamBody::new(stream).boxed_unsync()
+                Holding {
+                    inner: StreamBody::new(stream),
+                    _held: held,
+                }
+                .boxed_unsync()
             }
         })
     }
 }
 
-/// An in-memory body that keeps its share of the budget until it is dropped (sent, or the
+/// A buffered body that keeps its share of a budget until it is dropped (sent, or the
 /// request given up).
-struct Holding {
-    inner: http_body_util::Full<Bytes>,
+struct Holding<B> {
+    inner: B,
     _held: Held,
 }
 
-impl Body for Holding {
+impl<B> Body for Holding<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -280,7 +317,7 @@ impl Body for Holding {
     ) -> std::task::Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         std::pin::Pin::new(&mut self.inner)
             .poll_frame(cx)
-            .map_err(|never| match never {})
+            .map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -332,6 +369,9 @@ mod tests {
         full_body(Bytes::from(vec![b'y'; len]))
     }
 
+    /// A file budget no test here comes near.
+    static FILES: Budget = Budget::new(usize::MAX);
+
     async fn read(buffered: Buffered) -> usize {
         let body = buffered.into_body().unwrap();
         body.collect().await.unwrap().to_bytes().len()
@@ -342,17 +382,17 @@ mod tests {
     #[tokio::test]
     async fn bodies_spill_once_the_memory_budget_is_in_use() {
         static SMALL: Budget = Budget::new(40 * 1024);
-        let first = buffer_within(declared(30 * 1024), u64::MAX, &SMALL)
+        let first = buffer_within(declared(30 * 1024), u64::MAX, &SMALL, &FILES)
             .await
             .unwrap();
         assert!(matches!(first, Buffered::Memory(..)), "{first:?}");
         assert!(SMALL.used() >= 30 * 1024);
         // Both kinds of body find the budget nearly spent.
-        let second = buffer_within(declared(20 * 1024), u64::MAX, &SMALL)
+        let second = buffer_within(declared(20 * 1024), u64::MAX, &SMALL, &FILES)
             .await
             .unwrap();
         assert!(matches!(second, Buffered::File { .. }), "{second:?}");
-        let third = buffer_within(chunked(20 * 1024), u64::MAX, &SMALL)
+        let third = buffer_within(chunked(20 * 1024), u64::MAX, &SMALL, &FILES)
             .await
             .unwrap();
         assert!(matches!(third, Buffered::File { .. }), "{third:?}");
@@ -367,7 +407,7 @@ mod tests {
         drop(held);
         assert_eq!(SMALL.used(), 0);
 
-        let fourth = buffer_within(chunked(20 * 1024), u64::MAX, &SMALL)
+        let fourth = buffer_within(chunked(20 * 1024), u64::MAX, &SMALL, &FILES)
             .await
             .unwrap();
         assert!(matches!(fourth, Buffered::Memory(..)), "{fourth:?}");
@@ -379,11 +419,43 @@ mod tests {
     #[tokio::test]
     async fn a_spilled_body_holds_no_memory_share() {
         static ROOMY: Budget = Budget::new(8 * MEMORY_THRESHOLD);
-        let big = buffer_within(chunked(MEMORY_THRESHOLD + 4096), u64::MAX, &ROOMY)
+        let big = buffer_within(chunked(MEMORY_THRESHOLD + 4096), u64::MAX, &ROOMY, &FILES)
             .await
             .unwrap();
         assert!(matches!(big, Buffered::File { .. }), "{big:?}");
         assert_eq!(ROOMY.used(), 0);
         assert_eq!(read(big).await, MEMORY_THRESHOLD + 4096);
+    }
+
+    /// Bodies in files hold their size of the file budget until sent or dropped; one that
+    /// would pass it is refused (503) and gives back what it took.
+    #[tokio::test]
+    async fn bodies_past_the_file_budget_are_refused() {
+        static NO_MEMORY: Budget = Budget::new(0);
+        static DISK: Budget = Budget::new(100 * 1024);
+        let first = buffer_within(chunked(60 * 1024), u64::MAX, &NO_MEMORY, &DISK)
+            .await
+            .unwrap();
+        assert!(matches!(first, Buffered::File { .. }), "{first:?}");
+        assert_eq!(DISK.used(), 60 * 1024);
+        let refused = buffer_within(chunked(60 * 1024), u64::MAX, &NO_MEMORY, &DISK).await;
+        assert!(
+            matches!(refused, Err(GatewayError::BufferFull)),
+            "{refused:?}"
+        );
+        assert_eq!(DISK.used(), 60 * 1024);
+        // The share lives with the body until it is sent.
+        let body = first.into_body().unwrap();
+        assert_eq!(DISK.used(), 60 * 1024);
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 60 * 1024);
+        assert_eq!(DISK.used(), 0);
+        let later = buffer_within(chunked(60 * 1024), u64::MAX, &NO_MEMORY, &DISK).await;
+        assert!(matches!(later, Ok(Buffered::File { .. })), "{later:?}");
+        // A reload may lower the limit: growth is checked against the new one.
+        DISK.set_limit(10 * 1024);
+        drop(later);
+        let small = buffer_within(chunked(20 * 1024), u64::MAX, &NO_MEMORY, &DISK).await;
+        assert!(matches!(small, Err(GatewayError::BufferFull)), "{small:?}");
+        assert_eq!(DISK.used(), 0);
     }
 }
