@@ -20,31 +20,18 @@ fn post_head(len: usize) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Slow uploads cannot fill the disk: with room for 3 MiB of buffered bodies, one upload
-/// stalled at 1.5 MiB leaves too little for a second 2 MiB body (503, the upstream never
-/// sees it); once the first is complete and sent, a third fits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bodies_past_max_buffer_file_bytes_get_503() {
-    let up = CountingUpstream::start().await;
-    let yaml = simple_yaml(
-        up.addr,
-        "",
-        "  max_body_bytes: 2MiB\n  max_buffer_file_bytes: 3MiB",
-    );
-    let gw = TestGateway::start(&yaml).await;
-    let addr = gw.addr("http");
+/// Starts an upload that stalls 1.5 MiB into its 2 MiB body (past the 1 MiB memory
+/// threshold: in a file), then sends a whole 2 MiB body on another connection; returns that
+/// response and the stalled upload's socket.
+async fn race_a_stalled_upload(addr: std::net::SocketAddr) -> (String, TcpStream) {
     let body = vec![b'b'; 2 * MIB];
-    let stalled_at = 3 * MIB / 2;
-
-    // A: 1.5 MiB of its 2 MiB, then nothing (in a file: past the 1 MiB memory threshold).
     let mut slow = TcpStream::connect(addr).await.unwrap();
     slow.write_all(&post_head(body.len())).await.unwrap();
-    slow.write_all(&body[..stalled_at]).await.unwrap();
+    slow.write_all(&body[..STALLED_AT]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // B: a whole 2 MiB body finds 1.5 MiB of room.
-    let mut refused = TcpStream::connect(addr).await.unwrap();
-    let (mut rd, mut wr) = refused.split();
+    let mut other = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = other.split();
     let (_, (got, closed)) = tokio::join!(
         async {
             let _ = wr.write_all(&post_head(body.len())).await;
@@ -53,22 +40,54 @@ async fn bodies_past_max_buffer_file_bytes_get_503() {
         read_until_closed(&mut rd, Duration::from_secs(5))
     );
     assert!(closed);
-    assert_eq!(status_of(&got), 503, "{got}");
-    assert!(got.contains("buffer_full"), "{got}");
-    assert_eq!(up.hits(), 0, "the upstream saw a request");
+    (got, slow)
+}
 
-    // A completes: buffered whole, sent, answered; its file space is given back.
-    slow.write_all(&body[stalled_at..]).await.unwrap();
+const STALLED_AT: usize = 3 * MIB / 2;
+
+/// Finishes an upload [`race_a_stalled_upload`] left stalled; it must be answered 200.
+async fn finish_stalled_upload(mut slow: TcpStream) {
+    slow.write_all(&vec![b'b'; 2 * MIB - STALLED_AT])
+        .await
+        .unwrap();
     let (got, closed) = read_until_closed(&mut slow, Duration::from_secs(5)).await;
     assert!(closed);
     assert_eq!(status_of(&got), 200, "{got}");
-    assert!(got.ends_with(&body.len().to_string()), "{got}");
+    assert!(got.ends_with(&(2 * MIB).to_string()), "{got}");
+}
 
-    // C: room again.
-    let mut later = TcpStream::connect(addr).await.unwrap();
-    later.write_all(&post_head(body.len())).await.unwrap();
-    later.write_all(&body).await.unwrap();
-    let (got, _) = read_until_closed(&mut later, Duration::from_secs(5)).await;
-    assert_eq!(status_of(&got), 200, "{got}");
+/// Slow uploads cannot fill the disk: with room for 3 MiB of buffered bodies, one upload
+/// stalled at 1.5 MiB leaves too little for a second 2 MiB body (503, the upstream never
+/// sees it); once the first is complete and sent, there is room again. A reload that
+/// raises the limit applies at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_max_buffer_file_bytes_get_503() {
+    let up = CountingUpstream::start().await;
+    let config = |limit: &str| {
+        let server = format!("  max_body_bytes: 2MiB\n  max_buffer_file_bytes: {limit}");
+        simple_yaml(up.addr, "", &server)
+    };
+    let gw = TestGateway::start(&config("3MiB")).await;
+    let addr = gw.addr("http");
+
+    let (got, slow) = race_a_stalled_upload(addr).await;
+    assert_eq!(status_of(&got), 503, "{got}");
+    assert!(got.contains("buffer_full"), "{got}");
+    assert_eq!(up.hits(), 0, "the upstream saw a request");
+    finish_stalled_upload(slow).await;
+    assert_eq!(up.hits(), 1);
+
+    // Room again: the first body's share came back once it was sent.
+    let (got, slow) = race_a_stalled_upload(addr).await;
+    assert_eq!(status_of(&got), 503, "{got}");
+    finish_stalled_upload(slow).await;
     assert_eq!(up.hits(), 2);
+
+    // Reloaded with room for both.
+    std::fs::write(gw.dir.path().join("gateway.yaml"), config("4MiB")).unwrap();
+    gw.gateway.reload_from_file().await.unwrap();
+    let (got, slow) = race_a_stalled_upload(addr).await;
+    assert_eq!(status_of(&got), 200, "{got}");
+    finish_stalled_upload(slow).await;
+    assert_eq!(up.hits(), 4);
 }
