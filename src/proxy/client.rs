@@ -8,6 +8,10 @@
 //! (its keep-alive ran out) is replaced by a fresh one for idempotent methods, as browsers
 //! and nginx do.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::Request;
@@ -15,8 +19,9 @@ use http::Request;
 use super::body::is_length_limit_error;
 use super::h1::{Conn, ExchangeError, Head, Kind, Outgoing};
 use super::headers::GatewayFields;
+use super::pool::ServerPool;
 use super::upstream::Server;
-use crate::error::{GatewayBody, GatewayError};
+use crate::error::{BoxError, GatewayBody, GatewayError};
 
 /// Why a request got no response, and the request itself when it can be sent to another
 /// server (it never left the gateway, or it is idempotent and bodiless).
@@ -140,14 +145,60 @@ pub async fn send(
 }
 
 /// Opens a new connection. Boxed: new connections are rare (pooled), and the connect
-/// future is large; inline it would enlarge every request's future.
+/// future is large; inline it would enlarge every request's future. A request given up
+/// while its connection is being made (its client went away or reset the stream) leaves
+/// the connection to be finished in the background and kept in the pool, not thrown away
+/// half-made.
 async fn connect(server: &Server, timeout: Duration) -> Result<Conn, GatewayError> {
-    Box::pin(Conn::connect(server.addr, timeout))
+    let connecting = Connecting {
+        pending: Some(Box::pin(Conn::connect(server.addr, timeout))),
+        pool: &server.pool,
+    };
+    connecting
         .await
         .map_err(|source| GatewayError::UpstreamConnect {
             server: server.label.clone(),
             source,
         })
+}
+
+type PendingConnect = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+
+/// A connection being made for a request; see [`connect`].
+struct Connecting<'s> {
+    pending: Option<PendingConnect>,
+    pool: &'s Arc<ServerPool>,
+}
+
+impl Future for Connecting<'_> {
+    type Output = Result<Conn, BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(pending) = self.pending.as_mut() else {
+            return Poll::Ready(Err("connect polled after completion".into()));
+        };
+        let result = std::task::ready!(pending.as_mut().poll(cx));
+        self.pending = None;
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        // Outside a runtime (shutting down) there is no pool worth filling.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = Arc::clone(self.pool);
+        runtime.spawn(async move {
+            if let Ok(conn) = pending.await {
+                pool.put(conn);
+            }
+        });
+    }
 }
 
 /// The error a failed exchange answers with: the client's body's own failures are the
@@ -170,12 +221,9 @@ fn exchange_error(server: &Server, failed: ExchangeError, limits: &Limits) -> Ga
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::config::PoolSettings;
     use crate::error::full_body;
-    use crate::proxy::pool::ServerPool;
     use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -344,5 +392,34 @@ mod tests {
         assert_eq!(unsent.uri(), "/x");
         let body = unsent.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "payload");
+    }
+
+    /// A request given up while its connection is being made (a client that went away)
+    /// leaves the connection to the pool: the next request reuses it instead of the
+    /// gateway opening one more.
+    #[tokio::test]
+    async fn a_connection_abandoned_half_made_is_pooled() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = server(listener.local_addr().unwrap());
+        {
+            let connecting = connect(&server, Duration::from_secs(1));
+            tokio::pin!(connecting);
+            let waker = std::task::Waker::noop();
+            let first = connecting.as_mut().poll(&mut Context::from_waker(waker));
+            assert!(
+                first.is_pending(),
+                "a loopback connect still takes a round trip"
+            );
+        } // dropped half-made
+        let (_accepted, _) = listener.accept().await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while server.pool.idle_count() == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the connection never reached the pool"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(server.pool.checkout().is_some());
     }
 }
