@@ -139,7 +139,6 @@ impl Acceptor {
         let shutdown = self.stop.clone();
         let listener = self.name.clone();
         let redirect_https = options.redirect_https;
-        let metrics = options.metrics.clone();
         let mut info = ConnInfo {
             peer,
             peer_header: crate::proxy::headers::peer_header(peer.ip()),
@@ -150,7 +149,7 @@ impl Acceptor {
             redirect_https,
             peer_trusted,
             sendfile: tls.is_none().then(crate::sendfile::Slot::default),
-            metrics: metrics.clone(),
+            metrics: options.metrics.clone(),
         };
         let Some(acceptor) = tls else {
             return Box::pin(conn::serve_tcp(
@@ -167,17 +166,17 @@ impl Acceptor {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    metrics.handshake_failed(false);
+                    info.metrics.handshake_failed(false);
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "TLS handshake timed out");
-                    metrics.handshake_failed(true);
+                    info.metrics.handshake_failed(true);
                     return;
                 }
             };
             let (_, session) = stream.get_ref();
-            metrics.handshake(session.protocol_version());
+            info.metrics.handshake(session.protocol_version());
             info.sni = session.server_name().map(|s| s.to_ascii_lowercase());
             info.tls_version = crate::observability::tls_version(session.protocol_version());
             let protocol = match session.alpn_protocol() {

@@ -20,6 +20,7 @@ use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Empty, Limited, StreamBody};
 use tokio::io::AsyncWriteExt;
 
+use crate::config::raw::defaults::MAX_BUFFER_FILE_BYTES;
 use crate::error::{BoxError, GatewayBody, GatewayError};
 
 /// Bodies up to this size stay in memory; larger ones go to a temporary file.
@@ -60,7 +61,7 @@ impl Budget {
 pub static BUDGET: Budget = Budget::new(MEMORY_BUDGET);
 /// The process's budget for buffered request bodies in temporary files: the running
 /// configuration's `server.max_buffer_file_bytes` (set at start and on reload).
-pub static FILE_BUDGET: Budget = Budget::new(1 << 30);
+pub static FILE_BUDGET: Budget = Budget::new(MAX_BUFFER_FILE_BYTES as usize);
 
 /// One body's share of a [`Budget`], given back when dropped.
 #[derive(Default)]

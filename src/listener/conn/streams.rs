@@ -158,14 +158,14 @@ impl Streams {
         } else {
             resets * 2 > ended
         };
-        let first = || {
-            let (relaxed, from) = (Ordering::Relaxed, 0);
+        if !flood {
+            return;
+        }
+        let first =
             shared
                 .flood_at
-                .compare_exchange(from, resets, relaxed, relaxed)
-                .is_ok()
-        };
-        if flood && first() {
+                .compare_exchange(0, resets, Ordering::Relaxed, Ordering::Relaxed);
+        if first.is_ok() {
             shared.flood.notify_one();
         }
     }
