@@ -176,28 +176,8 @@ async fn going_away_for_resets_finishes_the_requests_in_flight() {
     assert!(upstream_reaches(&up, 50).await);
     assert_eq!(cancel_one_by_one(&up, &mut conn, 101, 1).await, 1);
 
-    // Read to the end, answering PINGs as a live client does.
     let start = Instant::now();
-    let mut got = Vec::new();
-    let mut at = 0;
-    let closed = loop {
-        let mut buf = [0u8; 16384];
-        match tokio::time::timeout(Duration::from_secs(3), conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Err(_) => break false,
-        }
-        let (frames, used) = h2_parse(&got[at..]);
-        let pings: Vec<Vec<u8>> = frames
-            .iter()
-            .filter(|&&(kind, flags, ..)| kind == H2_PING && flags == 0)
-            .map(|&(_, _, _, payload)| h2_frame(H2_PING, 0x1, 0, payload))
-            .collect();
-        at += used;
-        for ack in pings {
-            let _ = conn.write_all(&ack).await;
-        }
-    };
+    let (got, closed) = h2_read_answering_pings(&mut conn, Duration::from_secs(3)).await;
     let frames = h2_frames(&got);
     assert!(closed, "still open: {frames:?}");
     assert_eq!(h2_goaway_code(&got), Some(0), "{frames:?}");

@@ -455,31 +455,7 @@ async fn h2_response_the_client_never_takes_is_cut_off() {
         .await
         .unwrap();
     let start = Instant::now();
-    let mut pending = Vec::new();
-    let mut all = Vec::new();
-    let closed = loop {
-        if start.elapsed() > Duration::from_secs(5) {
-            break false;
-        }
-        let mut buf = [0u8; 4096];
-        match tokio::time::timeout(Duration::from_millis(100), conn.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => break true,
-            Ok(Ok(n)) => {
-                pending.extend_from_slice(&buf[..n]);
-                all.extend_from_slice(&buf[..n]);
-            }
-            Err(_) => continue,
-        }
-        // Answer each whole PING (flags 0) the way a live client does.
-        let (frames, used) = h2_parse(&pending);
-        for (kind, flags, _, payload) in frames {
-            if kind == H2_PING && flags == 0 {
-                let ack = h2_frame(H2_PING, 0x1, 0, payload);
-                let _ = conn.write_all(&ack).await;
-            }
-        }
-        pending.drain(..used);
-    };
+    let (all, closed) = h2_read_answering_pings(&mut conn, Duration::from_secs(5)).await;
     let took = start.elapsed();
     assert!(closed, "still open after {took:?}: {:?}", h2_frames(&all));
     // Two to three checks of idle_timeout / 2 after the response began to wait.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The HTTP/2 prior-knowledge preface.
@@ -100,4 +100,30 @@ pub async fn h2_frame_arrives(
         }
     }
     true
+}
+
+/// Reads everything the server sends until it closes (true) or `within` has passed
+/// (false), answering each PING the way a live client does.
+pub async fn h2_read_answering_pings(conn: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut got = Vec::new();
+    let mut parsed = 0;
+    loop {
+        let mut buf = [0u8; 16384];
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return (got, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+        let (frames, used) = h2_parse(&got[parsed..]);
+        let acks: Vec<Vec<u8>> = frames
+            .iter()
+            .filter(|&&(kind, flags, ..)| kind == H2_PING && flags == 0)
+            .map(|&(_, _, _, payload)| h2_frame(H2_PING, 0x1, 0, payload))
+            .collect();
+        parsed += used;
+        for ack in acks {
+            let _ = conn.write_all(&ack).await;
+        }
+    }
 }
