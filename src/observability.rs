@@ -229,6 +229,48 @@ impl Drop for LoggedBody {
     }
 }
 
+/// Lets a warning that clients can trigger at will (a refused connection, a full buffer)
+/// through at most once a second, with the count of the ones held back since: a flood of
+/// them must not become a flood of log lines.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    /// Milliseconds since [`Throttle::epoch`] before which nothing more is logged.
+    next_ms: std::sync::atomic::AtomicU64,
+    held_back: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub const fn new() -> Throttle {
+        Throttle {
+            next_ms: std::sync::atomic::AtomicU64::new(0),
+            held_back: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn epoch() -> Instant {
+        static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    /// `Some(held back)` when this occurrence may be logged, else `None` (and it is counted
+    /// towards the next line's figure).
+    pub fn ready(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = u64::try_from(Self::epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_ms.load(Relaxed);
+        if now < next
+            || self
+                .next_ms
+                .compare_exchange(next, now.saturating_add(1000), Relaxed, Relaxed)
+                .is_err()
+        {
+            self.held_back.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.held_back.swap(0, Relaxed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +325,16 @@ mod tests {
             shown(json!({"sub": "a b\nstatus=200"})),
             Some(r#""a b\nstatus=200""#.into())
         );
+    }
+
+    #[test]
+    fn throttle_lets_one_line_a_second_through() {
+        let t = Throttle::default();
+        assert_eq!(t.ready(), Some(0));
+        assert_eq!(t.ready(), None);
+        assert_eq!(t.ready(), None);
+        // A second later the next line reports the two held back.
+        t.next_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(t.ready(), Some(2));
     }
 }

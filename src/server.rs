@@ -122,6 +122,7 @@ impl Gateway {
                 builders: Arc::new(ArcSwap::from_pointee(Builders::new(&settings.server))),
                 state: state.clone(),
                 connections: Arc::new(Semaphore::new(settings.server.max_connections.max(1))),
+                clients: Arc::default(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
                 metrics: metrics.clone(),

@@ -1,7 +1,8 @@
 //! Size limits over real sockets: `max_header_bytes` (431), `max_body_bytes` at server and
 //! route level (413 for a declared length before the upstream is contacted; a chunked body
 //! growing past the limit refused when buffered and cut when streamed), and
-//! `max_connections` making further connections wait for a free slot.
+//! `max_connections` making further connections wait for a free slot, and
+//! `max_connections_per_ip` closing one address's connections past its share.
 
 mod common;
 mod limits_support;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use limits_support::*;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 // ---------------------------------------------------------------------------------------------
 // max_header_bytes
@@ -240,4 +241,103 @@ async fn connections_over_max_connections_wait_for_a_free_slot() {
         .expect("third connection answered once a slot was freed");
     assert_eq!(status_of(&res), 200, "{res}");
     assert!(res.ends_with("GET /third"), "{res}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// max_connections_per_ip
+// ---------------------------------------------------------------------------------------------
+
+/// A connection to `addr` from the loopback address `from` (all of 127/8 is local on Linux).
+async fn connect_from(from: &str, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Sends a GET on `s` and returns the status, or `None` when the connection is closed
+/// without an answer.
+async fn get_on(s: &mut TcpStream, path: &str) -> Option<u16> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(request.as_bytes()).await.ok()?;
+    let res = read_one_response(s, Duration::from_secs(3)).await?;
+    Some(status_of(&res))
+}
+
+fn refused_per_ip(gw: &TestGateway) -> String {
+    let text = gw.gateway.metrics().encode(false);
+    let series = "gateway_connections_refused_total{listener=\"http\",reason=\"per_ip_limit\"} ";
+    let line = text.lines().find(|l| l.starts_with(series));
+    line.unwrap_or("(missing)").to_string()
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_per_ip_are_closed_at_once() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let yaml = simple_yaml(up.addr, "", "  max_connections_per_ip: 2");
+    let gw = TestGateway::start(&yaml).await;
+    let addr = gw.addr("http");
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_from("127.0.0.1", addr).await;
+        assert_eq!(get_on(&mut s, "/held").await, Some(200));
+        held.push(s);
+    }
+    // The third from the same address is closed without a byte, before any request is read.
+    let mut third = connect_from("127.0.0.1", addr).await;
+    let _ = third
+        .write_all(b"GET /third HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let (got, closed) = read_until_closed(&mut third, Duration::from_secs(3)).await;
+    assert!(closed && got.is_empty(), "third connection got {got:?}");
+    assert_eq!(up.hits(), 2);
+    assert!(
+        refused_per_ip(&gw).ends_with(" 1"),
+        "{}",
+        refused_per_ip(&gw)
+    );
+
+    // Another address has its own share.
+    let mut other = connect_from("127.0.0.2", addr).await;
+    assert_eq!(get_on(&mut other, "/other").await, Some(200));
+
+    // A closed connection gives its slot back (once the gateway has seen it close).
+    drop(held.pop());
+    let mut served = None;
+    for _ in 0..50 {
+        let mut s = connect_from("127.0.0.1", addr).await;
+        served = get_on(&mut s, "/again").await;
+        if served.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(served, Some(200), "a slot freed by a closed connection");
+}
+
+#[tokio::test]
+async fn trusted_proxies_are_not_limited_per_ip() {
+    let _g = shared().await;
+    let up = TestUpstream::echo().await;
+    let server = "  max_connections_per_ip: 1\n  trusted_proxies: [127.0.0.1/32]";
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", server)).await;
+    let addr = gw.addr("http");
+
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut s = connect_from("127.0.0.1", addr).await;
+        assert_eq!(get_on(&mut s, "/lb").await, Some(200), "connection {i}");
+        held.push(s);
+    }
+    // An untrusted address is held to its one connection.
+    let mut first = connect_from("127.0.0.3", addr).await;
+    assert_eq!(get_on(&mut first, "/a").await, Some(200));
+    let mut second = connect_from("127.0.0.3", addr).await;
+    assert_eq!(get_on(&mut second, "/b").await, None);
+    assert!(
+        refused_per_ip(&gw).ends_with(" 1"),
+        "{}",
+        refused_per_ip(&gw)
+    );
 }

@@ -87,6 +87,7 @@ pub struct RawConfig {
 pub struct RawServer {
     pub worker_threads: Option<usize>,
     pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
     pub header_read_timeout: Option<DurationValue>,
     pub idle_timeout: Option<DurationValue>,
     pub max_header_bytes: Option<ByteSize>,

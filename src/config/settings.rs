@@ -33,6 +33,9 @@ pub struct ServerSettings {
     /// 0 = one per core.
     pub worker_threads: usize,
     pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64), 0 = unlimited; peers in
+    /// `trusted_proxies` are exempt.
+    pub max_connections_per_ip: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: u64,

@@ -201,14 +201,27 @@ fn server(raw: RawServer, errs: &mut Errors<'_>) -> ServerSettings {
             }
         })
         .collect();
+    let max_connections = at_least_one(
+        raw.max_connections,
+        defaults::MAX_CONNECTIONS,
+        "server.max_connections",
+        errs,
+    );
+    let max_connections_per_ip = raw.max_connections_per_ip.unwrap_or(0);
+    if max_connections_per_ip > max_connections {
+        errs.add(
+            "server.max_connections_per_ip",
+            format!(
+                "{max_connections_per_ip} is more than server.max_connections \
+                 ({max_connections}), so it would never apply: lower it, or 0 for no \
+                 per-address limit"
+            ),
+        );
+    }
     ServerSettings {
         worker_threads: raw.worker_threads.unwrap_or(defaults::WORKER_THREADS),
-        max_connections: at_least_one(
-            raw.max_connections,
-            defaults::MAX_CONNECTIONS,
-            "server.max_connections",
-            errs,
-        ),
+        max_connections,
+        max_connections_per_ip,
         header_read_timeout: positive(
             raw.header_read_timeout,
             defaults::HEADER_READ_TIMEOUT,
@@ -359,6 +372,22 @@ mod tests {
             ]
         );
         assert_eq!(errs[3].line, Some(2));
+    }
+
+    #[test]
+    fn per_ip_connection_limit() {
+        assert_eq!(ok(&minimal("")).server.max_connections_per_ip, 0);
+        let s = ok(&minimal("server:\n  max_connections_per_ip: 100\n"));
+        assert_eq!(s.server.max_connections_per_ip, 100);
+        let errs = errors_of(&minimal(
+            "server:\n  max_connections: 50\n  max_connections_per_ip: 100\n",
+        ));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "server.max_connections_per_ip");
+        assert_eq!(errs[0].line, Some(3));
+        assert!(errs[0]
+            .message
+            .contains("more than server.max_connections (50)"));
     }
 
     #[test]

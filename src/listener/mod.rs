@@ -3,6 +3,7 @@
 //! [`set`] keeps the running set of listeners and changes it on reload.
 
 pub mod body;
+pub mod clients;
 pub mod conn;
 pub mod http1;
 pub mod set;
@@ -27,6 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::handler::{ConnInfo, State};
 use crate::metrics::ListenerMetrics;
+use clients::{ClientConnections, ClientSlot};
 use conn::{Builders, Protocol};
 
 /// Binds a listening socket with `SO_REUSEADDR` and a generous backlog. The std socket can
@@ -63,6 +65,8 @@ pub struct Acceptor {
     pub state: Arc<ArcSwap<State>>,
     /// Shared by all listeners: `server.max_connections`.
     pub connections: Arc<Semaphore>,
+    /// Shared by all listeners: `server.max_connections_per_ip`.
+    pub clients: Arc<ClientConnections>,
     /// Cancelled when this listener is removed by a reload or the gateway drains: the loop
     /// stops accepting and the listener's connections finish their requests and close.
     pub stop: CancellationToken,
@@ -102,18 +106,53 @@ impl Acceptor {
                     continue;
                 }
             };
-            let _ = stream.set_nodelay(true);
             let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
             let options = self.options.load_full();
+            let current = self.state.load();
+            let server = &current.settings.server;
+            let peer_trusted = server
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer.ip()));
+            let client = match server.max_connections_per_ip {
+                0 => None,
+                _ if peer_trusted => None,
+                limit => match self.clients.admit(peer.ip(), limit) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        self.refuse(peer, limit, &options);
+                        continue; // dropping the stream closes it
+                    }
+                },
+            };
+            let handshake_timeout = server.header_read_timeout;
+            drop(current);
+            let _ = stream.set_nodelay(true);
             let open = options.metrics.open();
-            let task = self.connection_task(stream, peer, options);
+            let task = self.connection_task(stream, peer, peer_trusted, handshake_timeout, options);
             self.tracker.spawn(async move {
                 let _permit = permit;
                 let _open = open;
+                let _client: Option<ClientSlot> = client;
                 task.await;
             });
         }
         tracing::info!(listener = %self.name, "stopped accepting");
+    }
+
+    /// A connection over `server.max_connections_per_ip`: counted, and a warning at most
+    /// once a second (an attacker reconnecting in a loop must not flood the log).
+    fn refuse(&self, peer: SocketAddr, limit: usize, options: &ListenerOptions) {
+        options.metrics.refused_per_ip();
+        if let Some(held_back) = self.clients.refusals.ready() {
+            tracing::warn!(
+                listener = %self.name,
+                client = %peer.ip(),
+                limit,
+                more_since_last = held_back,
+                "connection refused: the client address already holds server.max_connections_per_ip connections"
+            );
+        }
     }
 
     /// The connection's work, boxed: a plain and a TLS connection need futures of very
@@ -123,17 +162,11 @@ impl Acceptor {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
+        peer_trusted: bool,
+        handshake_timeout: std::time::Duration,
         options: Arc<ListenerOptions>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let state = self.state.clone();
-        let current = state.load();
-        let server = &current.settings.server;
-        let peer_trusted = server
-            .trusted_proxies
-            .iter()
-            .any(|net| net.contains(&peer.ip()));
-        let handshake_timeout = server.header_read_timeout;
-        drop(current);
         let tls = options.tls.clone().map(TlsAcceptor::from);
         let builders = self.builders.load_full();
         let shutdown = self.stop.clone();

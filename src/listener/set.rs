@@ -74,6 +74,8 @@ pub struct Shared {
     pub state: Arc<ArcSwap<State>>,
     /// `server.max_connections`, across all listeners.
     pub connections: Arc<Semaphore>,
+    /// `server.max_connections_per_ip`, across all listeners.
+    pub clients: Arc<super::clients::ClientConnections>,
     /// The gateway's drain token: each listener's own stop token is its child.
     pub shutdown: CancellationToken,
     /// The gateway's tracker: accept loops and connections, awaited by the drain.
@@ -350,6 +352,7 @@ impl ListenerSet {
                 builders: self.shared.builders.clone(),
                 state: self.shared.state.clone(),
                 connections: self.shared.connections.clone(),
+                clients: self.shared.clients.clone(),
                 stop: stop.clone(),
                 tracker: self.shared.tracker.clone(),
             };

@@ -47,9 +47,10 @@ pub struct TlsVersionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TlsFailureLabels {
+pub struct ListenerReasonLabels {
     pub listener: Arc<str>,
-    /// `error` (bad ClientHello, no shared version or cipher, ...) or `timeout`.
+    /// TLS handshake failures: `error` (bad ClientHello, no shared version or cipher, ...)
+    /// or `timeout`; refused connections: `per_ip_limit`.
     pub reason: &'static str,
 }
 

@@ -13,7 +13,7 @@
 //! `gateway_retries_total{upstream}`, `gateway_jwt_rejections_total{policy,reason}`,
 //! `gateway_active_connections{listener}`, `gateway_tls_handshakes_total{listener,version}`,
 //! `gateway_tls_handshake_failures_total{listener,reason}`,
-//! `gateway_http2_reset_floods_total{listener}`,
+//! `gateway_http2_reset_floods_total{listener}`, `gateway_connections_refused_total{listener,reason}`,
 //! `gateway_config_reloads_total{result}`, `gateway_rate_limited_total{route}`,
 //! `gateway_build_info{version}`, `process_start_time_seconds`, and (Linux)
 //! `process_resident_memory_bytes`, `process_open_fds`.
@@ -60,8 +60,9 @@ pub struct Metrics {
     pub(crate) jwt_rejections: Family<JwtLabels, Counter>,
     active_connections: Family<ListenerLabel, Gauge>,
     tls_handshakes: Family<TlsVersionLabels, Counter>,
-    tls_failures: Family<TlsFailureLabels, Counter>,
+    tls_failures: Family<ListenerReasonLabels, Counter>,
     reset_floods: Family<ListenerLabel, Counter>,
+    refused: Family<ListenerReasonLabels, Counter>,
     reload_success: Counter,
     reload_failure: Counter,
 }
@@ -93,6 +94,7 @@ impl Metrics {
             tls_handshakes: Family::default(),
             tls_failures: Family::default(),
             reset_floods: Family::default(),
+            refused: Family::default(),
             reload_success: Counter::default(),
             reload_failure: Counter::default(),
             registry: Registry::default(),
@@ -177,6 +179,11 @@ impl Metrics {
             "HTTP/2 connections sent away for cancelling too many requests early (rapid reset)",
             m.reset_floods.clone(),
         );
+        r.register(
+            "gateway_connections_refused",
+            "Connections closed as soon as accepted (reason per_ip_limit: server.max_connections_per_ip)",
+            m.refused.clone(),
+        );
         let reloads: Family<ResultLabel, Counter> = Family::default();
         let reload_success = reloads.get_or_create_owned(&ResultLabel { result: "success" });
         let reload_failure = reloads.get_or_create_owned(&ResultLabel { result: "failure" });
@@ -217,7 +224,7 @@ impl Metrics {
             listener: listener.clone(),
             version,
         };
-        let failure = |reason| TlsFailureLabels {
+        let reason = |reason| ListenerReasonLabels {
             listener: listener.clone(),
             reason,
         };
@@ -226,10 +233,12 @@ impl Metrics {
         };
         let active = self.active_connections.get_or_create_owned(&label);
         let reset_floods = self.reset_floods.get_or_create_owned(&label);
+        let refused_per_ip = self.refused.get_or_create_owned(&reason("per_ip_limit"));
         if !tls {
             return ListenerMetrics {
                 active,
                 reset_floods,
+                refused_per_ip,
                 tls12: Counter::default(),
                 tls13: Counter::default(),
                 tls_error: Counter::default(),
@@ -239,10 +248,11 @@ impl Metrics {
         ListenerMetrics {
             active,
             reset_floods,
+            refused_per_ip,
             tls12: self.tls_handshakes.get_or_create_owned(&version("1.2")),
             tls13: self.tls_handshakes.get_or_create_owned(&version("1.3")),
-            tls_error: self.tls_failures.get_or_create_owned(&failure("error")),
-            tls_timeout: self.tls_failures.get_or_create_owned(&failure("timeout")),
+            tls_error: self.tls_failures.get_or_create_owned(&reason("error")),
+            tls_timeout: self.tls_failures.get_or_create_owned(&reason("timeout")),
         }
     }
 
@@ -276,6 +286,7 @@ impl Metrics {
 pub struct ListenerMetrics {
     active: Gauge,
     reset_floods: Counter,
+    refused_per_ip: Counter,
     tls12: Counter,
     tls13: Counter,
     tls_error: Counter,
@@ -294,6 +305,11 @@ impl ListenerMetrics {
             Some(rustls::ProtocolVersion::TLSv1_3) => self.tls13.inc(),
             _ => self.tls12.inc(),
         };
+    }
+
+    /// A connection closed at once for `server.max_connections_per_ip`.
+    pub fn refused_per_ip(&self) {
+        self.refused_per_ip.inc();
     }
 
     /// An HTTP/2 connection sent away for a reset flood.

@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::raw::defaults::MAX_BUFFER_FILE_BYTES;
 use crate::error::{BoxError, GatewayBody, GatewayError};
+use crate::observability::Throttle;
 
 /// Bodies up to this size stay in memory; larger ones go to a temporary file.
 pub const MEMORY_THRESHOLD: usize = 1024 * 1024;
@@ -196,11 +197,15 @@ where
             continue;
         }
         if !on_disk.grow_to(usize::try_from(total).unwrap_or(usize::MAX)) {
-            tracing::warn!(
-                on_disk = files.used(),
-                limit = files.limit(),
-                "request refused: request bodies buffered to files are at server.max_buffer_file_bytes"
-            );
+            static FULL: Throttle = Throttle::new();
+            if let Some(held_back) = FULL.ready() {
+                tracing::warn!(
+                    on_disk = files.used(),
+                    limit = files.limit(),
+                    more_since_last = held_back,
+                    "request refused: request bodies buffered to files are at server.max_buffer_file_bytes"
+                );
+            }
             return Err(GatewayError::BufferFull);
         }
         match &mut spill {
