@@ -342,6 +342,34 @@ async fn expect_100_continue_gets_interim_response_before_the_body() {
     }
 }
 
+/// The upstream never sees `Expect` (the gateway answered it) nor a field whose name has
+/// `_`: WSGI servers read `X_Forwarded_Proto` as `X-Forwarded-Proto`, so it would pose as
+/// the gateway's own field (nginx drops such names too, `underscores_in_headers off`).
+#[tokio::test]
+async fn expect_and_underscored_names_are_not_forwarded() {
+    let (up, _gw, addr) = setup("", "").await;
+    let mut c = Client::connect(addr).await;
+    c.send(
+        "POST /u HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nX_Forwarded_Proto: https\r\n\
+         X_Forwarded_For: 6.6.6.6\r\nx_user_id: 1\r\nX-Kept: yes\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await;
+    assert_eq!(c.response().await.status, 100);
+    c.send("ok").await;
+    assert_eq!(c.response().await.status, 200);
+    let seen = up.last();
+    let names: Vec<&str> = seen.headers.keys().map(|n| n.as_str()).collect();
+    assert!(
+        names.iter().all(|n| !n.contains('_') && *n != "expect"),
+        "{names:?}"
+    );
+    assert_eq!(seen.headers["x-kept"], "yes");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers.get_all("x-forwarded-proto").iter().count(), 1);
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(&seen.body[..], b"ok");
+}
+
 /// `Expect: 100-continue` with a declared length over the route's `max_body_bytes`: the
 /// answer is 413 at once (no `100 Continue` first, no body needed), the connection closes
 /// and the upstream is never contacted.

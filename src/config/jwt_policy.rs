@@ -144,6 +144,13 @@ pub(crate) fn jwt_policy(
             Ok(h) if RESERVED_HEADERS.contains(&h.as_str()) => {
                 errs.add(p, format!("claims cannot be forwarded in the {h} header"));
             }
+            Ok(h) if h.as_str().contains('_') => errs.add(
+                p,
+                format!(
+                    "{header:?}: header names with '_' are never sent upstream (WSGI servers \
+                     read '_' and '-' alike); use '-'"
+                ),
+            ),
             Ok(h) => forward_claims.push((claim.clone(), h)),
             Err(_) => errs.add(p, format!("{header:?} is not a valid header name")),
         }
@@ -338,7 +345,7 @@ mod tests {
 key: { secret: a, jwks_url: \"https://x\" }
 claims: { roles: [a, b] }
 token_sources: [\"header:Authorization\", client_ip, \"query:t\"]
-forward_claims: { sub: Host, u: \"bad header\" }
+forward_claims: { sub: Host, u: \"bad header\", v: X_User }
 max_token_bytes: 0
 ",
         );
@@ -353,6 +360,7 @@ max_token_bytes: 0
                 "jwt_policies.p.token_sources[2]",
                 "jwt_policies.p.forward_claims.sub",
                 "jwt_policies.p.forward_claims.u",
+                "jwt_policies.p.forward_claims.v",
                 "jwt_policies.p.max_token_bytes",
             ]
         );

@@ -259,7 +259,8 @@ enum RequestFraming {
 impl Outgoing {
     /// Encodes the request head into `scratch` (a buffer from [`Conn::take_scratch`], or
     /// empty): `Host` from `gateway`, the fields in `headers` except any of the gateway's
-    /// own names ([`headers::is_gateway_field`]), the rest of `gateway`, and one framing:
+    /// own names ([`headers::is_gateway_field`]) and those never forwarded
+    /// ([`headers::is_forwarded_client_field`]), the rest of `gateway`, and one framing:
     /// the `Content-Length` in `headers` (the body must match it), else the body's exact
     /// length, else chunked. `headers` must hold no `Transfer-Encoding` (hop-by-hop, removed
     /// before forwarding).
@@ -285,7 +286,7 @@ impl Outgoing {
                 declared = declared.or_else(|| parse_length(value.as_bytes()));
                 continue;
             }
-            if headers::is_gateway_field(name) {
+            if headers::is_gateway_field(name) || !headers::is_forwarded_client_field(name) {
                 continue;
             }
             push_field(&mut scratch, name.as_str().as_bytes(), value.as_bytes());

@@ -177,6 +177,28 @@ async fn request_head_goes_out_with_one_framing() {
     assert_eq!(pool.idle_count(), 1);
 }
 
+#[test]
+fn underscored_names_and_expect_stay_behind() {
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("x_forwarded_proto", "https"),
+        ("x_forwarded_for", "6.6.6.6"),
+        ("x_user_id", "1"),
+        ("expect", "100-continue"),
+        ("x-kept", "yes"),
+    ] {
+        headers.append(
+            http::HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    let out = outgoing(Method::GET, headers, full_body(Bytes::new()));
+    assert_eq!(
+        std::str::from_utf8(out.head()).unwrap(),
+        "GET /p?q=1 HTTP/1.1\r\nhost: app.test\r\nx-kept: yes\r\nx-forwarded-host: app.test\r\n\r\n"
+    );
+}
+
 #[tokio::test]
 async fn content_length_goes_out_once_as_plain_digits() {
     let seen = Arc::new(Mutex::new(String::new()));

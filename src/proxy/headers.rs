@@ -7,8 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use http::header::{
-    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING,
-    UPGRADE,
+    Entry, HeaderMap, HeaderName, HeaderValue, CONNECTION, EXPECT, HOST, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -103,6 +103,18 @@ pub fn is_gateway_field(name: &HeaderName) -> bool {
         || name == X_FORWARDED_PROTO
         || name == X_FORWARDED_HOST
         || name == X_REQUEST_ID
+}
+
+/// Whether a client's field of this name may go upstream at all (checked by the request
+/// encoder, field by field). Not sent:
+/// - names with `_`, as nginx's default (`underscores_in_headers off`): a WSGI server turns
+///   `-` and `_` alike into `HTTP_X_FORWARDED_PROTO`, so a client's `X_Forwarded_Proto:
+///   https` beside the gateway's own field would reach Django as `https,http` (Gunicorn
+///   before 22 joins them), and `X_User_Id` would pose as a forwarded claim;
+/// - `Expect`: the gateway answers `100-continue` itself, and the upstream gets the body
+///   whether or not it asks.
+pub fn is_forwarded_client_field(name: &HeaderName) -> bool {
+    name != EXPECT && !name.as_str().as_bytes().contains(&b'_')
 }
 
 /// Rewrites a client request's headers into what is sent upstream: hop-by-hop fields (and
