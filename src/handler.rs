@@ -309,7 +309,7 @@ async fn route_and_forward(
     }
 
     let path = crate::path::normalize(req.uri().path()).map_err(GatewayError::BadPath)?;
-    let host = request_host(&req);
+    let host = request_host(&req)?;
     let host_str = host.as_ref().and_then(|h| h.to_str().ok());
     let (route_index, route) =
         match state
@@ -518,10 +518,20 @@ fn check_framing(req: &Request<RequestBody>) -> Result<(), GatewayError> {
 
 /// The authority the client addressed: the URI's when it has one (absolute-form, HTTP/2
 /// `:authority`; RFC 9112 §3.2.2 says it wins over `Host`), else the `Host` header.
-fn request_host(req: &Request<RequestBody>) -> Option<HeaderValue> {
-    match req.uri().authority() {
+/// The host the request names (an absolute-form target's authority, HTTP/2's `:authority`,
+/// else `Host`), or 400 when it is not a valid host ([`crate::router::valid_host`]): it
+/// goes upstream in `Host` and `X-Forwarded-Host`. `None` for an HTTP/1.0 request without
+/// one (HTTP/1.1 without `Host` was refused by the connection).
+fn request_host(req: &Request<RequestBody>) -> Result<Option<HeaderValue>, GatewayError> {
+    let host = match req.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => req.headers().get(HOST).cloned(),
+    };
+    match host {
+        Some(h) if !crate::router::valid_host(h.as_bytes()) => {
+            Err(GatewayError::BadRequest("invalid Host"))
+        }
+        host => Ok(host),
     }
 }
 
@@ -558,11 +568,7 @@ fn redirect_to_https(
                 .map(|h| strip_port(h).to_owned())
         })
         .ok_or(GatewayError::BadRequest("missing Host"))?;
-    let valid_host = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
-    if !valid_host {
+    if !crate::router::valid_host(host.as_bytes()) {
         return Err(GatewayError::BadRequest("invalid Host"));
     }
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());

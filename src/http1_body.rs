@@ -118,6 +118,13 @@ impl Decoder {
                 }
                 Decoder::ChunkSize => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
+                        // httparse takes any byte in a chunk extension up to the CR; a bare
+                        // LF or other control byte there is read as a line end by some
+                        // parsers (nginx), and a proxy in front that disagrees with us about
+                        // where a chunk starts is a smuggling channel (RFC 9112 §7.1.1).
+                        if !chunk_line_is_clean(&buf[..used]) {
+                            return Err("control character in a chunk-size line");
+                        }
                         buf.advance(used);
                         *self = if size == 0 {
                             Decoder::Trailers
@@ -192,6 +199,15 @@ impl Decoder {
     }
 }
 
+/// A chunk-size line as httparse accepted it: ends in CRLF, and before that no control
+/// byte but HTAB (whitespace around `;` in extensions, RFC 9112's BWS).
+fn chunk_line_is_clean(line: &[u8]) -> bool {
+    match line.strip_suffix(b"\r\n") {
+        Some(rest) => !rest.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,6 +265,12 @@ mod tests {
             b"fffffffffffffffffff\r\n",
             b"-1\r\n",
             b"0\r\nbad trailer\r\n\r\n",
+            // Control bytes in an extension: nginx ends the line at the bare LF and reads
+            // `abc` as the next size.
+            b"3;x\nabc\r\nabc\r\n0\r\n\r\n",
+            b"3;x\x00y\r\nabc\r\n0\r\n\r\n",
+            b"3;x\ry\r\nabc\r\n0\r\n\r\n",
+            b"3;x\x7f\r\nabc\r\n0\r\n\r\n",
         ] {
             for piece in [1, 4, 64] {
                 assert!(

@@ -230,6 +230,54 @@ pub fn host_name(host: &str) -> &str {
     strip_trailing_dot(name)
 }
 
+/// Whether a Host / `:authority` value is one a request may carry (RFC 9112 §3.2: any other
+/// gets 400, as nginx answers): a name of letters, digits, `-`, `_` and `.` (no empty label,
+/// one trailing dot allowed) or a bracketed IPv6 literal, then an optional `:port` of 1-5
+/// digits. Stricter than RFC 3986's reg-name (no percent-escapes, sub-delims or userinfo):
+/// exactly what Django's `ALLOWED_HOSTS` check accepts, plus `_`. Spaces, commas, `/` or
+/// `@` would otherwise reach the app in `Host` and `X-Forwarded-Host` after missing every
+/// host-specific route.
+#[must_use]
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = match host.first() {
+        Some(b'[') => match host.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &host[1..end];
+                let ok = literal.contains(&b':')
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !ok {
+                    return false;
+                }
+                (&host[..0], &host[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match host.iter().position(|&b| b == b':') {
+            Some(colon) => (&host[..colon], &host[colon..]),
+            None => (host, &host[host.len()..]),
+        },
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => {
+            (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
+        }
+        _ => false,
+    };
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    let name_ok = host.first() == Some(&b'[')
+        || (!name.is_empty()
+            && name.split(|&b| b == b'.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            }));
+    port_ok && name_ok
+}
+
 fn strip_trailing_dot(name: &str) -> &str {
     name.strip_suffix('.').unwrap_or(name)
 }
@@ -237,6 +285,51 @@ fn strip_trailing_dot(name: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_values_a_request_may_carry() {
+        for ok in [
+            "example.com",
+            "Example.COM.",
+            "api.example.com:8443",
+            "localhost",
+            "my_host-1",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8443",
+            "[2001:db8::1]",
+            "[::ffff:192.0.2.1]:443",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok:?} should pass");
+        }
+        for bad in [
+            "",
+            ":80",
+            ".",
+            "a..b",
+            ".a",
+            "admin.localhost :80",
+            "a, admin.localhost",
+            "a,admin.localhost",
+            "admin.localhost/../x",
+            "u:p@admin.localhost",
+            "u@admin.localhost",
+            "host:",
+            "host:123456",
+            "host:8o",
+            "host:80:80",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[v1.x]",
+            "[]",
+            "a%2eb",
+            "a b",
+            "a\tb",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?} should fail");
+        }
+    }
     use crate::config::{RouteHandler, RouteMatch};
 
     fn route(host: Option<HostPattern>, prefix: &str, methods: Option<&[Method]>) -> RouteSettings {

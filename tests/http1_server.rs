@@ -724,6 +724,34 @@ async fn missing_or_repeated_host_is_400() {
     assert_eq!(up.targets(), ["/old"]);
 }
 
+/// RFC 9112 §3.2: a Host that is not a host gets 400 and never reaches the upstream (in
+/// `Host` or `X-Forwarded-Host`), whether sent as the field or in an absolute-form target.
+#[tokio::test]
+async fn invalid_host_values_are_400() {
+    let (up, _gw, addr) = setup("", "").await;
+    for raw in [
+        "GET /h HTTP/1.1\r\nHost:\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: a.test :80\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: x, a.test\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: a.test/../x\r\n\r\n",
+        "GET /h HTTP/1.1\r\nHost: u:p@a.test\r\n\r\n",
+        "GET /h HTTP/1.0\r\nHost: a..test\r\n\r\n",
+        "GET http://u:p@a.test/h HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    ] {
+        let mut c = Client::connect(addr).await;
+        c.send(raw).await;
+        let r = c.response().await;
+        assert_eq!(r.status, 400, "{raw:?}: {r:?}");
+        assert_eq!(r.body_text(), r#"{"error":"bad_request","status":400}"#);
+    }
+    assert_eq!(up.hits(), 0);
+    let mut c = Client::connect(addr).await;
+    c.send("GET /ok HTTP/1.1\r\nHost: A.test.:8080\r\n\r\n")
+        .await;
+    assert_eq!(c.response().await.status, 200);
+    assert_eq!(up.last().headers["host"], "A.test.:8080");
+}
+
 /// A request body that stops arriving ends after `idle_timeout` without a byte (nginx's
 /// `client_body_timeout`): the client gets an error status and the connection closes, so a
 /// stalled upload cannot hold a connection slot for ever; the upstream never sees a body

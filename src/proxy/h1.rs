@@ -661,6 +661,9 @@ fn parse_head(
     // (Of the 1xx answers only 101 gets here.)
     let bodiless = crate::http1_body::sent_without_body(status, head_request);
     let framing = if bodiless {
+        // No body to frame, but the client is sent its Content-Length: a malformed or
+        // ambiguous one is refused as it would be on a GET.
+        length?;
         Framing::Empty
     } else if transfer_encoding {
         if has_length {

@@ -356,6 +356,23 @@ async fn head_response_has_no_body_whatever_its_length() {
     assert_eq!(pool.idle_count(), 1);
 }
 
+/// A bodiless answer's Content-Length goes to the client, so it is checked as a GET's is.
+#[tokio::test]
+async fn head_response_with_a_malformed_length_is_refused() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n"[..],
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 7\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\ncontent-length: 1, 2\r\n\r\n",
+    ] {
+        let addr = answering(answer).await;
+        let out = outgoing(Method::HEAD, HeaderMap::new(), full_body(Bytes::new()));
+        let Err(error) = round_trip(addr, out).await else {
+            panic!("accepted: {}", String::from_utf8_lossy(answer));
+        };
+        assert!(matches!(error.kind, Kind::Invalid(_)), "{error:?}");
+    }
+}
+
 #[tokio::test]
 async fn body_until_close_is_read_whole_and_not_pooled() {
     let addr = scripted(|mut s| async move {
