@@ -109,11 +109,18 @@ impl Router {
         else {
             return RouteDecision::NotFound;
         };
-        match &route.methods {
-            Some(methods) if !methods.contains(method) => RouteDecision::MethodNotAllowed {
+        // A route without `methods` takes any method but CONNECT (nothing is tunnelled) and
+        // TRACE (it echoes the request, cookies and tokens included: cross-site tracing),
+        // which nginx refuses too; a route may list TRACE.
+        let allowed = match &route.methods {
+            Some(methods) => methods.contains(method),
+            None => *method != Method::CONNECT && *method != Method::TRACE,
+        };
+        match allowed {
+            false => RouteDecision::MethodNotAllowed {
                 allow: route.allow.clone(),
             },
-            _ => RouteDecision::Matched(index),
+            true => RouteDecision::Matched(index),
         }
     }
 }
@@ -131,7 +138,7 @@ impl CompiledRoute {
                     .collect::<Vec<_>>()
                     .join(", ")
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|| "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS".to_owned());
         CompiledRoute {
             host: matcher.host.as_ref().map(HostMatcher::new),
             prefix: PathPrefix::new(&matcher.path_prefix),
@@ -430,6 +437,33 @@ mod tests {
             RouteDecision::MethodNotAllowed {
                 allow: HeaderValue::from_static("GET, POST")
             }
+        );
+    }
+
+    #[test]
+    fn connect_and_trace_are_refused_unless_listed() {
+        let r = Router::new(&[
+            route(None, "/trace/", Some(&[Method::GET, Method::TRACE])),
+            route(None, "/", None),
+        ]);
+        let common = HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+        for method in [Method::CONNECT, Method::TRACE] {
+            assert_eq!(
+                r.route(None, false, None, "/x", &method),
+                RouteDecision::MethodNotAllowed {
+                    allow: common.clone()
+                },
+                "{method}"
+            );
+        }
+        assert_eq!(
+            r.route(None, false, None, "/trace/x", &Method::TRACE),
+            RouteDecision::Matched(0)
+        );
+        let custom = Method::from_bytes(b"PROPFIND").unwrap();
+        assert_eq!(
+            r.route(None, false, None, "/x", &custom),
+            RouteDecision::Matched(1)
         );
     }
 

@@ -724,6 +724,32 @@ async fn missing_or_repeated_host_is_400() {
     assert_eq!(up.targets(), ["/old"]);
 }
 
+/// CONNECT (origin or authority form) and TRACE never reach the upstream of a route that
+/// does not list them.
+#[tokio::test]
+async fn connect_and_trace_are_not_passed_on() {
+    let (up, _gw, addr) = setup("", "").await;
+    for (raw, status) in [
+        ("CONNECT /x HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        ("CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n", 400),
+        (
+            "TRACE /x HTTP/1.1\r\nHost: x\r\nCookie: session=secret\r\n\r\n",
+            405,
+        ),
+    ] {
+        let mut c = Client::connect(addr).await;
+        c.send(raw).await;
+        let r = c.response().await;
+        assert_eq!(r.status, status, "{raw:?}: {r:?}");
+        assert!(!r.body_text().contains("secret"), "{r:?}");
+        if status == 405 {
+            let allow = r.header("allow").unwrap_or_default();
+            assert_eq!(allow, "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+        }
+    }
+    assert_eq!(up.hits(), 0);
+}
+
 /// RFC 9112 §3.2: a Host that is not a host gets 400 and never reaches the upstream (in
 /// `Host` or `X-Forwarded-Host`), whether sent as the field or in an absolute-form target.
 #[tokio::test]

@@ -96,6 +96,10 @@ fn matcher(raw: Option<&RawMatch>, path: &str, errs: &mut Errors<'_>) -> Option<
         let mut out: Vec<Method> = Vec::new();
         for (k, m) in list.iter().enumerate() {
             match Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()) {
+                Ok(Method::CONNECT) => errs.add(
+                    format!("{path}.methods[{k}]"),
+                    "CONNECT cannot be routed: the gateway does not tunnel",
+                ),
                 Ok(method) if !out.contains(&method) => out.push(method),
                 Ok(_) => {}
                 Err(_) => errs.add(

@@ -72,6 +72,8 @@ fn match_rules() {
   - upstream: app
   - match: { path_prefix: /x, methods: [] }
     upstream: app
+  - match: { path_prefix: /y, methods: [GET, connect] }
+    upstream: app
 ",
     ));
     assert_eq!(
@@ -83,6 +85,7 @@ fn match_rules() {
             "routes[1].match.methods[0]",
             "routes[2].match.path_prefix",
             "routes[3].match.methods",
+            "routes[4].match.methods[1]",
         ]
     );
     assert_eq!(errs[0].line, Some(7));
