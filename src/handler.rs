@@ -521,7 +521,8 @@ fn check_framing(req: &Request<RequestBody>) -> Result<(), GatewayError> {
 /// The host the request names (an absolute-form target's authority, HTTP/2's `:authority`,
 /// else `Host`), or 400 when it is not a valid host ([`crate::router::valid_host`]): it
 /// goes upstream in `Host` and `X-Forwarded-Host`. `None` for an HTTP/1.0 request without
-/// one (HTTP/1.1 without `Host` was refused by the connection).
+/// one; an HTTP/2 request without `:authority` or `Host` gets 400 as HTTP/1.1 without `Host`
+/// does (refused by the connection), since the upstream request is HTTP/1.1.
 fn request_host(req: &Request<RequestBody>) -> Result<Option<HeaderValue>, GatewayError> {
     let host = match req.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
@@ -530,6 +531,9 @@ fn request_host(req: &Request<RequestBody>) -> Result<Option<HeaderValue>, Gatew
     match host {
         Some(h) if !crate::router::valid_host(h.as_bytes()) => {
             Err(GatewayError::BadRequest("invalid Host"))
+        }
+        None if req.version() == http::Version::HTTP_2 => {
+            Err(GatewayError::BadRequest("missing :authority"))
         }
         host => Ok(host),
     }

@@ -383,3 +383,61 @@ logging: {{ access_log: false }}
     assert_eq!(up.hits(), 6);
     assert_eq!(up.last().body, "payload");
 }
+
+/// HTTP/2 clients send each cookie as its own `cookie` field; the upstream (HTTP/1.1) gets
+/// one `Cookie` joined with `; ` (RFC 9113 §8.2.3), not repeated fields a WSGI server would
+/// join with `,` (Django then reads `sessionid` as `abc,csrftoken=xyz`). A request without
+/// `:authority` or `host` is 400, as HTTP/1.1 without `Host` is.
+#[tokio::test]
+async fn http2_cookie_crumbs_are_joined_and_a_missing_authority_is_400() {
+    use bytes::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let up = TestUpstream::echo().await;
+    let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
+    let tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(format!("http://{}/c", gw.addr("http")))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    for crumb in ["sessionid=abc", "csrftoken=xyz", "theme=dark"] {
+        req.headers_mut()
+            .append(http::header::COOKIE, crumb.parse().unwrap());
+    }
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let seen = up.last();
+    let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(cookies, ["sessionid=abc; csrftoken=xyz; theme=dark"]);
+
+    // `:method GET`, `:scheme http`, `:path /` and nothing else.
+    let mut raw = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    hello.extend(h2_frame(
+        H2_HEADERS,
+        H2_END_HEADERS | H2_END_STREAM,
+        1,
+        &[0x82, 0x86, 0x84],
+    ));
+    raw.write_all(&hello).await.unwrap();
+    let mut got = Vec::new();
+    assert!(h2_frame_arrives(&mut raw, &mut got, H2_HEADERS, 1).await);
+    let (frames, _) = h2_parse(&got);
+    let (_, _, _, block) = frames
+        .iter()
+        .find(|&&(kind, _, stream, _)| kind == H2_HEADERS && stream == 1)
+        .unwrap();
+    assert_eq!(
+        block.first(),
+        Some(&0x8c),
+        "`:status 400` (static index 12)"
+    );
+    assert_eq!(up.hits(), 1);
+}

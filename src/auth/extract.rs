@@ -101,10 +101,15 @@ fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 /// Text form of a claim for a header: strings as-is, numbers in decimal, booleans
-/// `true`/`false`; other types (and strings that are not visible ASCII) give no header.
+/// `true`/`false`; other types, and strings with anything but printable ASCII (spaces
+/// included), give no header. (`HeaderValue` would take UTF-8 bytes, which WSGI servers
+/// decode as Latin-1: `José` would reach Django as `JosÃ©`.)
 fn claim_header_value(value: &Value) -> Option<HeaderValue> {
     match value {
-        Value::String(s) => HeaderValue::from_str(s).ok(),
+        Value::String(s) if s.bytes().all(|b| (b' '..=b'~').contains(&b)) => {
+            HeaderValue::from_str(s).ok()
+        }
+        Value::String(_) => None,
         Value::Number(n) => HeaderValue::from_str(&n.to_string()).ok(),
         Value::Bool(b) => Some(HeaderValue::from_static(if *b { "true" } else { "false" })),
         _ => None,
@@ -187,6 +192,26 @@ pub(crate) fn strip_token_sources(sources: &[KeySource], headers: &mut HeaderMap
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_values_that_make_headers() {
+        use serde_json::json;
+        let text = |v: Value| claim_header_value(&v).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(text(json!(42)).as_deref(), Some("42"));
+        assert_eq!(text(json!("abc-42")).as_deref(), Some("abc-42"));
+        assert_eq!(text(json!("John Smith")).as_deref(), Some("John Smith"));
+        assert_eq!(text(json!(true)).as_deref(), Some("true"));
+        for none in [
+            json!("José"),
+            json!("a\r\nX-Admin: 1"),
+            json!("tab\there"),
+            json!(null),
+            json!([1]),
+            json!({"a": 1}),
+        ] {
+            assert_eq!(text(none.clone()), None, "{none}");
+        }
+    }
 
     fn sources() -> Vec<KeySource> {
         vec![

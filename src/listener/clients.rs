@@ -28,13 +28,10 @@ pub struct ClientConnections {
     pub refusals: Throttle,
 }
 
-/// The address a client is counted under: itself for IPv4, its /64 for IPv6 (expects
-/// IPv4-mapped addresses already made canonical, as the accept loop does).
+/// The address a client is counted under: itself for IPv4, its /64 for IPv6 (the accept
+/// loop has made IPv4-mapped addresses canonical).
 fn key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-    }
+    crate::policy::subscriber(ip)
 }
 
 impl ClientConnections {

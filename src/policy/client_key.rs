@@ -48,12 +48,24 @@ pub fn key_material(source: &KeySource, input: &KeyInput<'_>) -> KeyMaterial {
     };
     match text {
         Some(text) => KeyMaterial::Text(text),
-        None => KeyMaterial::Ip(client_ip(
+        None => KeyMaterial::Ip(subscriber(client_ip(
             input.peer,
             input.peer_trusted,
             input.headers,
             input.trusted_proxies,
-        )),
+        ))),
+    }
+}
+
+/// The address a client is limited under: an IPv4 address itself, an IPv6 address its /64.
+/// One subscriber usually holds a whole /64 and can use any address in it, so counting
+/// IPv6 addresses one by one would let it step around a limit (and flood the key table).
+/// Expects IPv4-mapped addresses made canonical.
+#[must_use]
+pub fn subscriber(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
     }
 }
 
@@ -282,5 +294,29 @@ mod tests {
             fallback
         );
         assert_ne!(fallback, KeyMaterial::Text(b"192.0.2.1".to_vec()));
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_64() {
+        let key = |peer: &str| {
+            key_material(
+                &KeySource::ClientIp,
+                &KeyInput {
+                    peer: ip(peer),
+                    peer_trusted: false,
+                    trusted_proxies: &[],
+                    headers: &HeaderMap::new(),
+                    claims: None,
+                },
+            )
+        };
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff:ee:dd:cc"));
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            KeyMaterial::Ip(ip("2001:db8:1:2::"))
+        );
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_ne!(key("192.0.2.1"), key("192.0.2.2"));
+        assert_eq!(key("::ffff:192.0.2.1"), KeyMaterial::Ip(ip("192.0.2.1")));
     }
 }

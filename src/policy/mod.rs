@@ -5,5 +5,5 @@
 pub mod client_key;
 pub mod rate_limit;
 
-pub use client_key::{client_ip, KeyInput};
+pub use client_key::{client_ip, subscriber, KeyInput};
 pub use rate_limit::{RateLimited, RouteLimiter, MAX_KEYS_PER_ROUTE};

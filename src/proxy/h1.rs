@@ -26,7 +26,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, COOKIE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
@@ -280,6 +280,7 @@ impl Outgoing {
         scratch.extend_from_slice(b" HTTP/1.1\r\n");
         gateway.write_host(&mut scratch);
         let mut declared = None;
+        let mut cookie_written = false;
         for (name, value) in headers {
             if name == CONTENT_LENGTH {
                 // Written once below, as plain digits (never a client's `5, 5`).
@@ -288,6 +289,21 @@ impl Outgoing {
             }
             if headers::is_gateway_field(name) || !headers::is_forwarded_client_field(name) {
                 continue;
+            }
+            if name == COOKIE {
+                // HTTP/2 clients send each cookie as its own field ("crumbs"); an HTTP/1.1
+                // server joins repeated fields with `,`, which splits no cookie pair
+                // (Django would read `sessionid=abc,csrftoken=xyz` as one value). One line,
+                // joined with `; ` (RFC 9113 §8.2.3). The map yields a name's values
+                // together, so the line is still the last one written.
+                if cookie_written {
+                    scratch.truncate(scratch.len() - 2); // the line's CRLF
+                    scratch.extend_from_slice(b"; ");
+                    scratch.extend_from_slice(value.as_bytes());
+                    scratch.extend_from_slice(b"\r\n");
+                    continue;
+                }
+                cookie_written = true;
             }
             push_field(&mut scratch, name.as_str().as_bytes(), value.as_bytes());
         }

@@ -178,6 +178,23 @@ async fn request_head_goes_out_with_one_framing() {
 }
 
 #[test]
+fn cookie_crumbs_go_out_as_one_field() {
+    let mut headers = HeaderMap::new();
+    headers.append("x-a", HeaderValue::from_static("1"));
+    for crumb in ["sessionid=abc", "csrftoken=xyz", "theme=dark"] {
+        headers.append(http::header::COOKIE, HeaderValue::from_static(crumb));
+    }
+    headers.append("x-b", HeaderValue::from_static("2"));
+    let out = outgoing(Method::GET, headers, full_body(Bytes::new()));
+    assert_eq!(
+        std::str::from_utf8(out.head()).unwrap(),
+        "GET /p?q=1 HTTP/1.1\r\nhost: app.test\r\nx-a: 1\r\n\
+         cookie: sessionid=abc; csrftoken=xyz; theme=dark\r\nx-b: 2\r\n\
+         x-forwarded-host: app.test\r\n\r\n"
+    );
+}
+
+#[test]
 fn underscored_names_and_expect_stay_behind() {
     let mut headers = HeaderMap::new();
     for (name, value) in [

@@ -342,6 +342,8 @@ pub fn range(headers: &HeaderMap, len: u64, etag: &str, last_modified: SystemTim
         Some(s.parse().unwrap_or(u64::MAX))
     };
     match (number(first), last) {
+        // `bytes=a-2`, `bytes=+1-2`: neither a position nor a suffix (`-N`), so no range.
+        (None, _) if !first.is_empty() => RangeOutcome::Full,
         (None, suffix) => match number(suffix) {
             Some(0) => RangeOutcome::Unsatisfiable,
             Some(_) if len == 0 => RangeOutcome::Unsatisfiable,

@@ -171,6 +171,11 @@ fn unsatisfiable_and_ignored_ranges() {
         "bytes=-",
         "0-1",
         "bytes=1-2-3",
+        // Not a number before the dash: not a suffix range either.
+        "bytes=a-2",
+        "bytes=+1-2",
+        "bytes=0x1-2",
+        "bytes= x -2",
     ] {
         assert_eq!(range_of(ignored, 100), Full, "{ignored}");
     }
