@@ -100,15 +100,23 @@ logging: {{ access_log: false }}
     let refresh = pair["refresh"].as_str().expect("refresh token").to_owned();
 
     // The access token passes the gateway and simplejwt; the app sees the forwarded claim.
+    // Two Cookie fields (over HTTP/2 each cookie travels alone) reach Django as two cookies.
     let res = client
         .get(format!("{base}/api/me/"))
         .bearer_auth(&access)
         .header("X-User-Id", "999")
+        .header("Cookie", "sessionid=abc")
+        .header("Cookie", "csrftoken=xyz")
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
     let me: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        me["cookies"],
+        serde_json::json!({"sessionid": "abc", "csrftoken": "xyz"})
+    );
     assert_eq!(me["username"], "alice");
     assert_eq!(me["x_user_id"], me["user_id"].to_string().trim_matches('"'));
     assert_eq!(

@@ -14,6 +14,7 @@ def me(request):
             "x_forwarded_proto": request.headers.get("X-Forwarded-Proto"),
             "is_secure": request.is_secure(),
             "remote_chain": request.headers.get("X-Forwarded-For"),
+            "cookies": request.COOKIES,
         }
     )
 
