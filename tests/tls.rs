@@ -831,6 +831,69 @@ async fn websocket_upgrade_is_passed_through_plain_and_tls() {
     check_upstream_upgrade_head(&heads.lock().unwrap()[1], "https");
 }
 
+/// A tunnel holds its client connection's slots for as long as it lasts, as nginx counts an
+/// upgraded connection: it shows in `gateway_active_connections` and in its server's
+/// `in_flight`, and counts against `max_connections_per_ip` (before, the slots went back
+/// at the `101` and one address could open tunnels without limit).
+#[tokio::test]
+async fn websocket_tunnels_count_against_connection_limits() {
+    let (up, _) = websocket_echo_upstream().await;
+    let gw = TestGateway::start(&simple_yaml(up, "", "  max_connections_per_ip: 2")).await;
+    let metric = |series: &str| {
+        let text = gw.gateway.metrics().encode(false);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(series))
+            .map(str::to_owned);
+        line.unwrap_or_default()
+    };
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
+        tcp.write_all(WS_REQUEST.as_bytes()).await.unwrap();
+        let head = read_head(&mut tcp, STEP).await;
+        assert_eq!(status_of(&head), 101, "{head}");
+        tunnels.push(tcp);
+    }
+    assert!(
+        metric("gateway_active_connections{listener=\"http\"}").ends_with(" 2"),
+        "{}",
+        metric("gateway_active_connections")
+    );
+    assert!(
+        metric("gateway_upstream_server_in_flight{").ends_with(" 2"),
+        "{}",
+        metric("gateway_upstream_server_in_flight")
+    );
+    // A third connection from the same address is refused while both tunnels are open.
+    let mut third = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let _ = third.write_all(WS_REQUEST.as_bytes()).await;
+    let (got, closed) = read_until_closed(&mut third, STEP).await;
+    assert!(closed && got.is_empty(), "{got:?}");
+
+    // A tunnel that ends gives its slots back.
+    let mut first = tunnels.remove(0);
+    first.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(STEP, first.read_to_end(&mut rest)).await;
+    drop(first);
+    let mut reopened = None;
+    for _ in 0..50 {
+        let mut tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
+        tcp.write_all(WS_REQUEST.as_bytes()).await.unwrap();
+        let (head, _) = read_until_closed(&mut tcp, Duration::from_millis(300)).await;
+        if status_of(&head) == 101 {
+            reopened = Some(tcp);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        reopened.is_some(),
+        "no slot came back after a tunnel closed"
+    );
+}
+
 /// A tunnel in which nothing moves either way for the upstream's `read_timeout` (here
 /// 400 ms) is closed, as nginx closes a quiet WebSocket; one that keeps talking stays open.
 #[tokio::test]

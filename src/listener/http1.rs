@@ -129,7 +129,7 @@ pub async fn serve<I>(
         match next {
             Next::KeepAlive => conn.shrink_buffer(),
             Next::Close { linger } => break linger,
-            Next::Upgrade(upgrade) => return conn.hand_over(upgrade),
+            Next::Upgrade(upgrade) => return conn.hand_over(upgrade).await,
         }
     };
     conn.close(lingering).await;
@@ -763,14 +763,17 @@ where
         }
     }
 
-    /// After a `101`: the socket and any bytes already read go to the upgrade.
-    fn hand_over(self, upgrade: upgrade::Sender) {
+    /// After a `101`: the socket and any bytes already read go to the upgrade, and this
+    /// task (with the connection's slots) lasts until the tunnel is over.
+    async fn hand_over(self, upgrade: upgrade::Sender) {
         // The request body (if any) may still hold the core: then there is no clean hand-over.
         match Arc::try_unwrap(self.core) {
             Ok(core) => {
                 let core = core.into_inner().unwrap_or_else(PoisonError::into_inner);
-                let upgraded = upgrade::Upgraded::new(Box::new(core.io), core.buf.freeze());
+                let (upgraded, over) = upgrade::Upgraded::new(Box::new(core.io), core.buf.freeze());
+                // Not taken (the proxy gave up): dropped here, and `over` resolves at once.
                 let _ = upgrade.send(upgraded);
+                let _ = over.await;
             }
             Err(_) => tracing::debug!("upgrade abandoned: the request body is still held"),
         }

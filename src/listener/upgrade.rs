@@ -5,6 +5,12 @@
 //! writes it and sends its socket (with any bytes the client already sent after the
 //! request head) through; otherwise the sender is dropped and [`OnUpgrade`] resolves to an
 //! error.
+//!
+//! The connection's task then waits until the [`Upgraded`] is dropped (the tunnel ended):
+//! what it holds for the connection (the `max_connections` permit, the per-address slot,
+//! `gateway_active_connections`, the drain's task tracker) holds for the tunnel too, so
+//! WebSockets count against every connection limit and a drain waits for them (up to
+//! `shutdown_grace`), as with nginx.
 
 use std::future::Future;
 use std::io;
@@ -25,11 +31,20 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub struct Upgraded {
     io: Box<dyn Io>,
     early: Bytes,
+    /// Dropped with the tunnel: tells the connection's task it is over.
+    _done: oneshot::Sender<()>,
 }
 
 impl Upgraded {
-    pub(super) fn new(io: Box<dyn Io>, early: Bytes) -> Self {
-        Upgraded { io, early }
+    /// The upgraded connection, and what resolves once it has been dropped.
+    pub(super) fn new(io: Box<dyn Io>, early: Bytes) -> (Self, oneshot::Receiver<()>) {
+        let (done, over) = oneshot::channel();
+        let upgraded = Upgraded {
+            io,
+            early,
+            _done: done,
+        };
+        (upgraded, over)
     }
 }
 

@@ -315,7 +315,7 @@ fn finish_response(
     let (mut parts, ()) = response.into_parts();
     let switching = parts.status == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(client)) = (switching, client_upgrade) {
-        tunnel::splice(client, conn, read_timeout, request_id.clone());
+        tunnel::splice(client, conn, read_timeout, request_id.clone(), in_flight);
         // The body of a 101 is empty; the connection now belongs to the splice.
         headers::prepare_response(&mut parts.headers, true);
         return Response::from_parts(parts, body::empty_body()).into();

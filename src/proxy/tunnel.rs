@@ -16,14 +16,26 @@ use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::h1::Conn;
+use super::server_state::InFlight;
 use crate::listener::upgrade::OnUpgrade;
 use crate::observability::id_str;
 
 /// Joins the client's upgraded connection and the upstream's once the client switched
 /// (bytes the server sent right after its `101` go first). `request_id` names the request
-/// in the tunnel's log lines (it outlives the handler).
-pub fn splice(client: OnUpgrade, conn: Conn, idle: Duration, request_id: HeaderValue) {
+/// in the tunnel's log lines (it outlives the handler). The tunnel counts as a request in
+/// flight at its server for as long as it lasts (`in_flight`), as nginx counts an upgraded
+/// connection: `least_conn`/`p2c` see WebSocket load and the server's `max_connections`
+/// caps tunnels too. (The client side holds its connection slots: the client's connection
+/// task waits for the tunnel, see `listener::upgrade`.)
+pub fn splice(
+    client: OnUpgrade,
+    conn: Conn,
+    idle: Duration,
+    request_id: HeaderValue,
+    in_flight: InFlight,
+) {
     tokio::spawn(async move {
+        let _in_flight = in_flight;
         let client = match client.await {
             Ok(client) => client,
             Err(e) => {
