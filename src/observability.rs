@@ -57,6 +57,8 @@ pub fn id_str(id: &HeaderValue) -> &str {
 }
 
 /// Runs `fut` (the request's routing and forwarding) with `id` as the [`CurrentRequestId`].
+/// A large future is best passed pinned by reference (`pin!(fut)`: a `Pin<&mut F>` is a
+/// future too), so that the scope's future does not take a copy of it.
 pub fn in_request<F: Future>(id: &HeaderValue, fut: F) -> impl Future<Output = F::Output> {
     // A shared handle (a reference count), small to swap in and out on each poll.
     REQUEST_ID.scope(id.clone(), fut)
