@@ -59,6 +59,11 @@ pub enum GatewayError {
     BufferFull,
     #[error("no healthy server in upstream {0}")]
     NoHealthyServer(String),
+    /// The gateway itself could not open an upstream connection: out of file descriptors,
+    /// memory or local ports. Not the server's fault: it is neither blamed (no ejection)
+    /// nor left for another server (which would fail the same way).
+    #[error("no local resources to connect upstream: {0}")]
+    LocalResources(#[source] BoxError),
     #[error("could not connect to upstream server {server}: {source}")]
     UpstreamConnect {
         server: String,
@@ -93,7 +98,9 @@ impl GatewayError {
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::NoHealthyServer(_) | Self::BufferFull => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyServer(_) | Self::BufferFull | Self::LocalResources(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -116,6 +123,7 @@ impl GatewayError {
             Self::RateLimited(_) => "rate_limited",
             Self::NoHealthyServer(_) => "no_healthy_upstream",
             Self::BufferFull => "buffer_full",
+            Self::LocalResources(_) => "overloaded",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamFailed { .. } => "upstream_failed",
@@ -129,7 +137,7 @@ impl GatewayError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
             | Self::NoHealthyServer(_) => Side::Upstream,
-            Self::Internal(_) | Self::BufferFull => Side::Internal,
+            Self::Internal(_) | Self::BufferFull | Self::LocalResources(_) => Side::Internal,
             _ => Side::Downstream,
         }
     }

@@ -195,6 +195,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<ExitCode> {
         }
     };
     gateway::observability::init(&settings.logging);
+    gateway::workers::raise_open_file_limit(settings.server.max_connections);
     let workers =
         gateway::workers::Workers::start(gateway::workers::count(settings.server.worker_threads))
             .context("starting worker threads")?;

@@ -75,3 +75,38 @@ impl Workers {
         output
     }
 }
+
+/// Raises the soft open-file limit to the hard one, as Go's runtime and many servers do
+/// (the usual soft default, 1024, is far below `server.max_connections`), and warns when it
+/// is still short of what `max_connections` may need: each client connection can hold an
+/// upstream connection (or a file) as well. nginx warns likewise when `worker_connections`
+/// exceeds the limit. Returns the limit in force (`None`: unlimited or unknown).
+pub fn raise_open_file_limit(max_connections: usize) -> Option<u64> {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    let current = limit.current?;
+    // Linux refuses an infinite maximum for open files; 2^20 is its usual ceiling.
+    let wanted = limit.maximum.unwrap_or(1 << 20);
+    if current < wanted {
+        limit.current = Some(wanted);
+        match setrlimit(Resource::Nofile, limit) {
+            Ok(()) => tracing::debug!(from = current, to = wanted, "raised the open-file limit"),
+            Err(e) => tracing::debug!(error = %e, "could not raise the open-file limit"),
+        }
+    }
+    let in_force = getrlimit(Resource::Nofile).current?;
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    if in_force < needed {
+        tracing::warn!(
+            limit = in_force,
+            needed,
+            "the open-file limit is below what server.max_connections may need (two \
+             descriptors per connection): raise it (LimitNOFILE= in systemd, ulimit -n) or \
+             lower max_connections; past it, new connections wait and upstream connects fail \
+             with 503"
+        );
+    }
+    Some(in_force)
+}

@@ -100,8 +100,13 @@ impl Acceptor {
             let (stream, peer) = match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %self.name, error = %e, "accept failed");
+                    // EMFILE and friends: back off instead of spinning (the connection waits
+                    // in the backlog), and say so at most once a second.
+                    static FAILED: crate::observability::Throttle =
+                        crate::observability::Throttle::new();
+                    if let Some(held_back) = FAILED.ready() {
+                        tracing::warn!(listener = %self.name, error = %e, more_since_last = held_back, "accept failed");
+                    }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }

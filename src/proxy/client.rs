@@ -22,6 +22,7 @@ use super::headers::GatewayFields;
 use super::pool::ServerPool;
 use super::upstream::Server;
 use crate::error::{BoxError, GatewayBody, GatewayError};
+use crate::observability::Throttle;
 
 /// Why a request got no response, and the request itself when it can be sent to another
 /// server (it never left the gateway, or it is idempotent and bodiless).
@@ -154,12 +155,38 @@ async fn connect(server: &Server, timeout: Duration) -> Result<Conn, GatewayErro
         pending: Some(Box::pin(Conn::connect(server.addr, timeout))),
         pool: &server.pool,
     };
-    connecting
-        .await
-        .map_err(|source| GatewayError::UpstreamConnect {
-            server: server.label.clone(),
-            source,
-        })
+    connecting.await.map_err(|source| {
+        if !is_local_exhaustion(&source) {
+            return GatewayError::UpstreamConnect {
+                server: server.label.clone(),
+                source,
+            };
+        }
+        static OUT_OF: Throttle = Throttle::new();
+        if let Some(held_back) = OUT_OF.ready() {
+            tracing::warn!(
+                server = %server.label,
+                error = %source,
+                more_since_last = held_back,
+                "cannot open an upstream connection: the gateway is out of file descriptors, \
+                 memory or local ports (raise the open-file limit, LimitNOFILE); the server is \
+                 not blamed"
+            );
+        }
+        GatewayError::LocalResources(source)
+    })
+}
+
+/// Whether a failed connect ran out of something on this machine (file descriptors, buffer
+/// memory, ephemeral ports) rather than reaching a server that failed.
+pub(super) fn is_local_exhaustion(error: &BoxError) -> bool {
+    let Some(io) = error.downcast_ref::<std::io::Error>() else {
+        return false;
+    };
+    matches!(
+        io.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 type PendingConnect = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
@@ -392,6 +419,23 @@ mod tests {
         assert_eq!(unsent.uri(), "/x");
         let body = unsent.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "payload");
+    }
+
+    #[test]
+    fn running_out_of_descriptors_is_not_the_servers_fault() {
+        let local = |code| -> BoxError { Box::new(std::io::Error::from_raw_os_error(code)) };
+        for code in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(is_local_exhaustion(&local(code)), "{code}");
+        }
+        for code in [libc::ECONNREFUSED, libc::EHOSTUNREACH, libc::ETIMEDOUT] {
+            assert!(!is_local_exhaustion(&local(code)), "{code}");
+        }
+        assert!(!is_local_exhaustion(&"connect timed out".into()));
     }
 
     /// A request given up while its connection is being made (a client that went away)

@@ -64,22 +64,26 @@ async fn run(
     let mut successes = 0u32;
     let mut failures = 0u32;
     loop {
-        let ok = tokio::select! {
+        let verdict = tokio::select! {
             _ = stop.cancelled() => return,
-            ok = probe.once() => ok,
+            verdict = probe.once() => verdict,
         };
-        if ok {
-            failures = 0;
-            successes = successes.saturating_add(1);
-            if successes >= check.healthy_after.max(1) {
-                state.set_healthy(true);
+        match verdict {
+            Some(true) => {
+                failures = 0;
+                successes = successes.saturating_add(1);
+                if successes >= check.healthy_after.max(1) {
+                    state.set_healthy(true);
+                }
             }
-        } else {
-            successes = 0;
-            failures = failures.saturating_add(1);
-            if failures >= check.unhealthy_after.max(1) {
-                state.set_healthy(false);
+            Some(false) => {
+                successes = 0;
+                failures = failures.saturating_add(1);
+                if failures >= check.unhealthy_after.max(1) {
+                    state.set_healthy(false);
+                }
             }
+            None => {}
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -89,11 +93,14 @@ async fn run(
 }
 
 impl Probe {
-    /// One check: true for a 2xx/3xx answer within the timeout.
-    async fn once(&self) -> bool {
+    /// One check: true for a 2xx/3xx answer within the timeout; `None` when the gateway
+    /// could not even open the connection (out of file descriptors or ports: not a verdict
+    /// on the server).
+    async fn once(&self) -> Option<bool> {
         match tokio::time::timeout(self.timeout, self.exchange()).await {
-            Ok(Ok(status)) => status.is_success() || status.is_redirection(),
-            _ => false,
+            Ok(Ok(status)) => Some(status.is_success() || status.is_redirection()),
+            Ok(Err(e)) if super::client::is_local_exhaustion(&e) => None,
+            _ => Some(false),
         }
     }
 

@@ -201,8 +201,12 @@ pub async fn forward<'u>(
                         body,
                     )))
                 });
+                // Out of local resources: another server would fail the same way.
+                let local = matches!(error, GatewayError::LocalResources(_));
                 match unsent {
-                    Some(unsent) if tried.len() + 1 < attempts && upstream.try_retry() => {
+                    Some(unsent)
+                        if !local && tried.len() + 1 < attempts && upstream.try_retry() =>
+                    {
                         tracing::warn!(request_id = %id_str(fwd.request_id), upstream = upstream.name(), error = %error, "retrying on another server");
                         request = unsent;
                         tried.push(index);

@@ -31,11 +31,28 @@ pub struct Running {
 
 impl Running {
     pub fn start(config: &Path) -> Running {
+        let mut command = Command::new(BIN);
+        command.args(["run", "-c"]).arg(config);
+        Self::spawn(command, config)
+    }
+
+    /// As [`Running::start`], with the open-file limit (soft and hard) set to `open_files`.
+    pub fn start_with_open_files(config: &Path, open_files: u32) -> Running {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n {open_files} && exec \"$0\" run -c \"$1\""
+            ))
+            .arg(BIN)
+            .arg(config);
+        Self::spawn(command, config)
+    }
+
+    fn spawn(mut command: Command, config: &Path) -> Running {
         let stderr_path = config.with_extension("stderr.log");
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "-c"])
-            .arg(config)
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
