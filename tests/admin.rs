@@ -411,3 +411,44 @@ async fn rate_limited_requests_are_counted_by_route() {
         2.0
     );
 }
+
+/// One client holding silent connections cannot starve the admin listener (a kubelet's
+/// `/healthz` probe from another address still gets through), and request heads there
+/// are bounded (431).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_starve_the_admin_listener() {
+    let up = TestUpstream::echo().await;
+    let ca = TestCa::new();
+    let gw = AdminGateway::start(&yaml(up.addr, closed_port().await, &ca)).await;
+    let admin = gw.gateway.admin_addr().unwrap();
+    // 80 silent connections from 127.0.0.1: more than the admin listener serves at once.
+    let mut silent = Vec::new();
+    for _ in 0..80 {
+        silent.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut probe = socket.connect(admin).await.unwrap();
+    probe
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(2), probe.read_to_string(&mut answer))
+        .await
+        .expect("the probe waited behind another client's silent connections")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    drop(silent);
+    let huge = "a".repeat(100 * 1024);
+    let res = gw
+        .client
+        .get(gw.admin_url("/healthz"))
+        .header("x-big", huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 431);
+}

@@ -28,12 +28,19 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::GatewayBody;
 use crate::handler::State;
+use crate::listener::clients::ClientConnections;
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 
 /// Admin connections served at once; more wait in the backlog (scrapers and probes are few).
 const MAX_CONNECTIONS: usize = 64;
+/// Of those, from one address (IPv6: one /64); more are closed at once. Without it one
+/// client holding silent connections kept the kubelet's `/healthz` probes waiting.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request heads are small here (the main listeners' `max_header_bytes` does not apply);
+/// hyper's floor is 8 KiB.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// What the endpoints read.
 pub struct AdminContext {
@@ -54,6 +61,14 @@ pub fn spawn(
     let addr = tcp.local_addr()?;
     let tcp = TcpListener::from_std(tcp)?;
     tracing::info!(%addr, "admin listening");
+    let private = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        // fc00::/7, unique local addresses.
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    };
+    if !private {
+        tracing::warn!(%addr, "the admin listener has no authentication (POST /reload, metrics): keep it on loopback or a private network");
+    }
     tracker.spawn(accept_loop(tcp, Arc::new(ctx), stop, tracker.clone()));
     Ok(addr)
 }
@@ -65,6 +80,7 @@ async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let clients = Arc::new(ClientConnections::default());
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => match permit {
@@ -73,9 +89,9 @@ async fn accept_loop(
             },
             _ = stop.cancelled() => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = tcp.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -84,13 +100,19 @@ async fn accept_loop(
             },
             _ = stop.cancelled() => break,
         };
+        let Some(slot) = clients.admit(peer.ip().to_canonical(), MAX_CONNECTIONS_PER_ADDRESS)
+        else {
+            continue; // dropping the stream closes it
+        };
         let (ctx, stop) = (ctx.clone(), stop.clone());
         tracker.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| handle(ctx.clone(), req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
