@@ -234,11 +234,20 @@ impl Signals {
     /// SIGHUP reloads `config_path`; SIGTERM/SIGINT stop accepting and drain for up to
     /// `shutdown_grace`, then the process exits 0.
     async fn serve_until_stopped(mut self, gateway: &Gateway, config_path: &Path) -> ExitCode {
-        loop {
+        'serve: loop {
             tokio::select! {
                 _ = self.term.recv() => break,
                 _ = self.int.recv() => break,
-                _ = self.hup.recv() => reload(gateway, config_path).await,
+                _ = self.hup.recv() => {
+                    // A reload stuck reading (a hung network mount) must not hold up a stop.
+                    let reloading = reload(gateway, config_path);
+                    tokio::pin!(reloading);
+                    tokio::select! {
+                        () = &mut reloading => {}
+                        _ = self.term.recv() => break 'serve,
+                        _ = self.int.recv() => break 'serve,
+                    }
+                }
             }
         }
         tracing::info!("shutting down: no new connections, draining in-flight requests");

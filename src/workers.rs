@@ -72,6 +72,10 @@ impl Workers {
         for thread in self.threads {
             let _ = thread.join();
         }
+        // Not an unbounded wait for blocking work (a config read stuck on a hung mount):
+        // the drain is over, the process exits.
+        self.runtime
+            .shutdown_timeout(std::time::Duration::from_secs(1));
         output
     }
 }

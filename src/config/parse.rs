@@ -11,33 +11,33 @@ use super::raw::RawConfig;
 
 const TOP_LEVEL_KEYS: &str = "server, listeners, upstreams, jwt_policies, routes, admin, logging";
 
-/// Parses the document; syntax errors, type errors and unknown keys go to `errs`.
-pub(crate) fn parse(yaml: &str, errs: &mut Errors<'_>) -> RawConfig {
+/// Parses the document; syntax errors, type errors and unknown keys go to `errs`. `None`
+/// when the document itself could not be read (a YAML syntax error, a top level that is
+/// not a mapping): nothing is known of its sections, so none is checked further (a
+/// "listeners: at least one listener is required" after a syntax error would mislead).
+pub(crate) fn parse(yaml: &str, errs: &mut Errors<'_>) -> Option<RawConfig> {
     let mut raw = RawConfig::default();
     let mut doc: Value = match serde_yaml::from_str(yaml) {
         Ok(v) => v,
         Err(e) => {
             let line = e.location().map(|l| l.line());
             errs.add_at(String::new(), line, format!("invalid YAML: {e}"));
-            raw.partial = true;
-            return raw;
+            return None;
         }
     };
     if let Err(e) = doc.apply_merge() {
         errs.add("", format!("invalid YAML merge key: {e}"));
-        raw.partial = true;
-        return raw;
+        return None;
     }
     let map = match doc {
-        Value::Null => return raw,
+        Value::Null => return Some(raw),
         Value::Mapping(m) => m,
         _ => {
             errs.add(
                 "",
                 "the top level of the config must be a mapping of sections",
             );
-            raw.partial = true;
-            return raw;
+            return None;
         }
     };
     let before = errs.count();
@@ -61,7 +61,7 @@ pub(crate) fn parse(yaml: &str, errs: &mut Errors<'_>) -> RawConfig {
         }
     }
     raw.partial = errs.count() > before;
-    raw
+    Some(raw)
 }
 
 /// Deserialises one value at `path`; `null` counts as absent.
@@ -161,7 +161,7 @@ mod tests {
     use super::super::lines::LineIndex;
     use super::*;
 
-    fn run(yaml: &str) -> (RawConfig, Vec<super::super::ConfigError>) {
+    fn run(yaml: &str) -> (Option<RawConfig>, Vec<super::super::ConfigError>) {
         let idx = LineIndex::build(yaml);
         let mut errs = Errors::new(&idx);
         let raw = parse(yaml, &mut errs);
@@ -181,6 +181,7 @@ mod tests {
     fn nested_unknown_key_in_list_item() {
         let yaml = "routes:\n  - match: { path_prefix: / }\n    upstream: app\n  - match:\n      path_prefx: /x\n";
         let (raw, errs) = run(yaml);
+        let raw = raw.unwrap();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].path, "routes[1].match.path_prefx");
         assert_eq!(errs[0].line, Some(5));
@@ -210,7 +211,7 @@ mod tests {
         assert_eq!(errs.len(), 1);
         assert!(errs[0].line.is_some());
         assert!(errs[0].message.starts_with("invalid YAML"));
-        assert!(raw.partial);
+        assert!(raw.is_none(), "no section is checked after a syntax error");
         let (_, errs) = run("- 1\n");
         assert!(errs[0].message.contains("top level"));
     }
@@ -218,6 +219,7 @@ mod tests {
     #[test]
     fn empty_document_is_all_defaults() {
         let (raw, errs) = run("");
+        let raw = raw.unwrap();
         assert!(errs.is_empty());
         assert!(raw.server.is_none() && raw.listeners.is_empty() && !raw.partial);
     }
@@ -227,6 +229,7 @@ mod tests {
         let yaml = "upstreams:\n  a: &base\n    servers: [\"x:1\"]\n    retries: 3\n  b:\n    <<: *base\n    retries: 0\n";
         let (raw, errs) = run(yaml);
         assert!(errs.is_empty(), "{errs:?}");
+        let raw = raw.unwrap();
         let b = raw.upstreams[1].1.as_ref().unwrap();
         assert_eq!(b.retries, Some(0));
         assert_eq!(b.servers.len(), 1);

@@ -243,3 +243,34 @@ fn routes_refer_to_policies_by_index() {
     assert_eq!(s.routes[0].jwt, Some(1));
     assert_eq!(s.routes[1].jwt, None);
 }
+
+#[test]
+fn only_a_readable_regular_utf8_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let minimal = super::test_support::minimal("");
+    // A byte-order mark is skipped, not taken for a second document.
+    let bom = dir.path().join("bom.yaml");
+    std::fs::write(&bom, format!("\u{feff}{minimal}")).unwrap();
+    assert!(load(&bom).is_ok(), "{:?}", load(&bom).err());
+    // A FIFO would block the reading thread (and every later reload) for good.
+    let fifo = dir.path().join("fifo.yaml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        let errs = load(&fifo).unwrap_err().0;
+        assert!(errs[0].message.contains("not a regular file"), "{errs:?}");
+    }
+    let errs = load(dir.path()).unwrap_err().0;
+    assert!(errs[0].message.contains("not a regular file"), "{errs:?}");
+    // Not UTF-8: the line of the first bad byte.
+    let latin1 = dir.path().join("latin1.yaml");
+    std::fs::write(&latin1, b"server:\n  # caf\xe9\n".as_slice()).unwrap();
+    let errs = load(&latin1).unwrap_err().0;
+    assert_eq!(errs[0].line, Some(2), "{errs:?}");
+    assert!(errs[0].message.contains("not UTF-8"), "{errs:?}");
+    // A syntax error is reported alone (no "at least one listener is required" after it).
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, format!("{minimal}server: [1\n")).unwrap();
+    let errs = load(&broken).unwrap_err().0;
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].message.starts_with("invalid YAML"), "{errs:?}");
+}

@@ -17,6 +17,9 @@ pub struct DurationValue(pub Duration);
 pub struct ByteSize(pub u64);
 
 /// Parses `250ms`, `5s`, `2m`, `1h`, `1h30m`, `1d`.
+/// The longest duration a config key takes.
+pub const MAX_CONFIG_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     if s.is_empty() {
@@ -106,7 +109,13 @@ impl Visitor<'_> for DurationVisitor {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<DurationValue, E> {
-        parse_duration(v).map(DurationValue).map_err(E::custom)
+        match parse_duration(v).map_err(E::custom)? {
+            d if d > MAX_CONFIG_DURATION => Err(E::custom(format!(
+                "invalid duration {v:?}: at most 365d (a timer that long is a typo, and one \
+                 near u64::MAX seconds cannot be added to a clock reading)"
+            ))),
+            d => Ok(DurationValue(d)),
+        }
     }
 }
 

@@ -181,6 +181,9 @@ pub(crate) fn binds_collide(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// More worker threads than this is a typo (each is an OS thread with its own runtime).
+const MAX_WORKER_THREADS: usize = 1024;
+
 fn server(raw: RawServer, errs: &mut Errors<'_>) -> ServerSettings {
     let max_header_bytes = raw
         .max_header_bytes
@@ -219,7 +222,16 @@ fn server(raw: RawServer, errs: &mut Errors<'_>) -> ServerSettings {
         );
     }
     ServerSettings {
-        worker_threads: raw.worker_threads.unwrap_or(defaults::WORKER_THREADS),
+        worker_threads: match raw.worker_threads {
+            Some(n) if n > MAX_WORKER_THREADS => {
+                errs.add(
+                    "server.worker_threads",
+                    format!("{n} is more than {MAX_WORKER_THREADS} (0 = one per core)"),
+                );
+                defaults::WORKER_THREADS
+            }
+            n => n.unwrap_or(defaults::WORKER_THREADS),
+        },
         max_connections,
         max_connections_per_ip,
         header_read_timeout: positive(
@@ -372,6 +384,29 @@ mod tests {
             ]
         );
         assert_eq!(errs[3].line, Some(2));
+    }
+
+    #[test]
+    fn absurd_durations_and_thread_counts_are_refused() {
+        for (server, path) in [
+            ("worker_threads: 100000000", "server.worker_threads"),
+            (
+                "header_read_timeout: 18446744073709551615s",
+                "server.header_read_timeout",
+            ),
+            ("idle_timeout: 366d", "server.idle_timeout"),
+        ] {
+            let errs = errors_of(&minimal(&format!("server:\n  {server}\n")));
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!((errs[0].path.as_str(), errs[0].line), (path, Some(2)));
+        }
+        let s = ok(&minimal(
+            "server:\n  idle_timeout: 365d\n  worker_threads: 64\n",
+        ));
+        assert_eq!(
+            s.server.idle_timeout,
+            std::time::Duration::from_secs(365 * 86_400)
+        );
     }
 
     #[test]
