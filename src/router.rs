@@ -246,43 +246,54 @@ pub fn host_name(host: &str) -> &str {
 /// host-specific route.
 #[must_use]
 pub fn valid_host(host: &[u8]) -> bool {
-    let (name, port) = match host.first() {
-        Some(b'[') => match host.iter().position(|&b| b == b']') {
-            Some(end) => {
-                let literal = &host[1..end];
-                let ok = literal.contains(&b':')
-                    && literal
-                        .iter()
-                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-                if !ok {
-                    return false;
-                }
-                (&host[..0], &host[end + 1..])
-            }
-            None => return false,
-        },
-        _ => match host.iter().position(|&b| b == b':') {
-            Some(colon) => (&host[..colon], &host[colon..]),
-            None => (host, &host[host.len()..]),
-        },
+    // One pass, a table lookup per byte: this runs on every request.
+    const NAME: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            table[b] = c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.';
+            b += 1;
+        }
+        table
     };
-    let port_ok = match port {
+    let port = if host.first() == Some(&b'[') {
+        let Some(end) = host.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &host[1..end];
+        let literal_ok = literal.contains(&b':')
+            && literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        if !literal_ok {
+            return false;
+        }
+        &host[end + 1..]
+    } else {
+        // Labels: not empty (no leading dot, no `..`); one trailing dot is allowed.
+        let mut previous = b'.';
+        let mut at = 0;
+        while at < host.len() && host[at] != b':' {
+            let b = host[at];
+            if !NAME[usize::from(b)] || (b == b'.' && previous == b'.') {
+                return false;
+            }
+            previous = b;
+            at += 1;
+        }
+        if at == 0 {
+            return false;
+        }
+        &host[at..]
+    };
+    match port {
         [] => true,
         [b':', digits @ ..] => {
             (1..=5).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit)
         }
         _ => false,
-    };
-    let name = name.strip_suffix(b".").unwrap_or(name);
-    let name_ok = host.first() == Some(&b'[')
-        || (!name.is_empty()
-            && name.split(|&b| b == b'.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .iter()
-                        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            }));
-    port_ok && name_ok
+    }
 }
 
 fn strip_trailing_dot(name: &str) -> &str {
