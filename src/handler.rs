@@ -191,9 +191,21 @@ pub struct Handled {
 impl Handled {
     /// The response with `X-Request-Id` in its headers (for HTTP/2). Encoded fields are
     /// never made for HTTP/2 requests; if some were, they are decoded into the map rather
-    /// than lost.
-    pub fn into_response(self) -> Response<GatewayBody> {
+    /// than lost. The answer to a HEAD request goes without its body (hyper's HTTP/2 server
+    /// would send it as DATA, a protocol error that strict clients answer by dropping the
+    /// connection): its length stays in `Content-Length`.
+    pub fn into_response(self, head_request: bool) -> Response<GatewayBody> {
         let mut response = self.response;
+        if head_request && !http_body::Body::is_end_stream(response.body()) {
+            let length = http_body::Body::size_hint(response.body()).exact();
+            if let Some(length) = length {
+                response
+                    .headers_mut()
+                    .entry(CONTENT_LENGTH)
+                    .or_insert_with(|| HeaderValue::from(length));
+            }
+            *response.body_mut() = crate::proxy::body::empty_body();
+        }
         let headers = response.headers_mut();
         if let Some(encoded) = &self.fields {
             for line in encoded.fields.split(|&b| b == b'\n') {
@@ -623,7 +635,7 @@ mod tests {
                 dated: false,
             }),
         };
-        let response = handled.into_response();
+        let response = handled.into_response(false);
         let h = response.headers();
         assert_eq!(h["content-type"], "text/css");
         let xa: Vec<_> = h.get_all("x-a").iter().collect();

@@ -441,3 +441,75 @@ async fn http2_cookie_crumbs_are_joined_and_a_missing_authority_is_400() {
     );
     assert_eq!(up.hits(), 1);
 }
+
+/// What HTTP/2 clients are strict about: no DATA on a HEAD answer (the gateway's own 404
+/// JSON went out as DATA, and nghttp2 dropped the whole connection), one `content-length`
+/// (an upstream's repeated `Content-Length: 2` went out twice), none on a 204. HTTP/1.1
+/// clients get the same: one length, none on a 204.
+#[tokio::test]
+async fn http2_clients_get_clean_heads_and_lengths() {
+    use bytes::Bytes;
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::TcpStream;
+
+    let twice =
+        raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 2\r\n\r\nok").await;
+    let no_content = raw_upstream(b"HTTP/1.1 204 No Content\r\ncontent-length: 3\r\n\r\n").await;
+    let yaml = format!(
+        r#"
+listeners:
+  - {{ name: http, bind: "127.0.0.1:0" }}
+upstreams:
+  twice: {{ servers: ["{twice}"] }}
+  none: {{ servers: ["{no_content}"] }}
+routes:
+  - {{ match: {{ path_prefix: /twice }}, upstream: twice }}
+  - {{ match: {{ path_prefix: /none }}, upstream: none }}
+logging: {{ access_log: false }}
+"#
+    );
+    let gw = TestGateway::start(&yaml).await;
+    let tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let base = format!("http://{}", gw.addr("http"));
+    let mut ask = |method: http::Method, path: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let sent = send.send_request(req);
+        async move {
+            let res = sent.await.expect("a clean HTTP/2 response");
+            let (parts, body) = res.into_parts();
+            let body = body.collect().await.expect("a clean body").to_bytes();
+            (parts, body)
+        }
+    };
+    // HEAD of the gateway's own 404: headers only, and the connection serves on.
+    let (parts, body) = ask(http::Method::HEAD, "/missing").await;
+    assert_eq!(parts.status, 404);
+    assert!(body.is_empty());
+    assert!(parts.headers.contains_key("content-length"));
+    let (parts, body) = ask(http::Method::GET, "/twice").await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"ok"[..]));
+    assert_eq!(parts.headers.get_all("content-length").iter().count(), 1);
+    let (parts, body) = ask(http::Method::GET, "/none").await;
+    assert_eq!(parts.status, 204);
+    assert!(body.is_empty());
+    assert!(!parts.headers.contains_key("content-length"));
+
+    // HTTP/1.1: one length, none on the 204.
+    for (path, lengths) in [("/twice", 1), ("/none", 0)] {
+        let tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let res = exchange_on_stream(tcp, raw, Duration::from_secs(3)).await;
+        let head = res.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert_eq!(head.matches("content-length:").count(), lengths, "{res}");
+    }
+}

@@ -162,11 +162,12 @@ pub async fn serve<I>(
     let idle = builders.idle_timeout;
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         requested.store(true, Ordering::Relaxed);
+        let head_request = req.method() == http::Method::HEAD;
         let in_flight = streams.start();
         let req = req.map(|body| RequestBody::Http2(Http2Body::new(body, idle)));
         let handled = handler::handle(state.load_full(), info.clone(), req);
         async move {
-            let response = handled.await?.into_response();
+            let response = handled.await?.into_response(head_request);
             Ok::<_, std::convert::Infallible>(response.map(|inner| {
                 http_body_util::BodyExt::boxed_unsync(streams::Counted::new(inner, in_flight))
             }))

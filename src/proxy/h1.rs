@@ -714,11 +714,22 @@ fn parse_head(
             let (name, value) = field(span);
             (*kind, name, value)
         });
-        Some(encode_fields(fields, bodiless, names_more)?)
+        let keep_length = bodiless && status != StatusCode::NO_CONTENT;
+        Some(encode_fields(fields, keep_length, names_more)?)
     } else {
         // Room for what the gateway may add: growing a map rehashes it.
         let mut headers = crate::header_maps::take(count + 2);
-        for span in spans {
+        // As on HTTP/1: the body's own length frames it (hyper writes `content-length` from
+        // it), and a bodiless answer keeps one upstream value (checked above), except a 204,
+        // which must carry none. Repeated values are a protocol error to HTTP/2 clients.
+        let mut length_kept = !bodiless || status == StatusCode::NO_CONTENT;
+        for (span, kind) in spans.iter().zip(&kinds) {
+            if *kind == Field::ContentLength {
+                if length_kept {
+                    continue;
+                }
+                length_kept = true;
+            }
             let (ns, ne, vs, ve) = *span;
             let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
                 .map_err(|_| "upstream sent an invalid header name")?;
@@ -778,12 +789,12 @@ impl Field {
 /// An upstream response's fields as the client is sent them: the names and values as the
 /// server wrote them, without hop-by-hop fields, fields that `Connection` names (looked
 /// for only when it `names_more` than hop-by-hop ones), `X-Request-Id` (the client's
-/// connection writes the gateway's) and, unless `bodiless`, `Content-Length` (the
-/// connection writes the framing). The same rules as
+/// connection writes the gateway's) and `Content-Length` (the connection writes the
+/// framing) but, with `keep_length` (a HEAD or 304 answer), its first value. The same rules as
 /// [`super::headers::prepare_response`] on a header map.
 fn encode_fields<'a>(
     fields: impl Iterator<Item = (Field, &'a [u8], &'a [u8])> + Clone,
-    bodiless: bool,
+    keep_length: bool,
     names_more: bool,
 ) -> Result<crate::handler::EncodedFields, &'static str> {
     let listed = |name: &[u8]| {
@@ -796,6 +807,7 @@ fn encode_fields<'a>(
     };
     let mut out = Vec::with_capacity(256);
     let mut dated = false;
+    let mut length_kept = !keep_length;
     for (kind, name, value) in fields.clone() {
         // The same values a header map accepts (httparse lets a DEL through).
         if value.iter().any(|&b| (b < b' ' && b != b'\t') || b == 0x7f) {
@@ -805,7 +817,7 @@ fn encode_fields<'a>(
             Field::Connection | Field::TransferEncoding | Field::HopByHop | Field::RequestId => {
                 false
             }
-            Field::ContentLength => bodiless && !listed(name),
+            Field::ContentLength => !std::mem::replace(&mut length_kept, true) && !listed(name),
             Field::Date | Field::Other => !listed(name),
         };
         if !pass {
