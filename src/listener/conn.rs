@@ -164,7 +164,12 @@ pub async fn serve<I>(
         requested.store(true, Ordering::Relaxed);
         let head_request = req.method() == http::Method::HEAD;
         let in_flight = streams.start();
-        let req = req.map(|body| RequestBody::Http2(Http2Body::new(body, idle)));
+        // h2 has checked its syntax (and that DATA never passes it).
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        let req = req.map(|body| RequestBody::Http2(Http2Body::new(body, idle, declared)));
         let handled = handler::handle(state.load_full(), info.clone(), req);
         async move {
             let response = handled.await?.into_response(head_request);
