@@ -105,16 +105,26 @@ pub fn respond(
     let encoding = accept
         .choose(stored.chain(streamable))
         .unwrap_or(Encoding::Identity);
+    // A GET compressed while it streams needs an encoder slot; with none free it gets the
+    // stored identity.
+    let mut slot = None;
     let choice = match entry.variants.iter().position(|v| v.encoding == encoding) {
         Some(i) => Choice::Stored(i, &entry.variants[i]),
-        None if entry.stream_compress => Choice::Stream(encoding),
+        None if entry.stream_compress && !get => Choice::Stream(encoding),
+        None if entry.stream_compress => match body::EncoderSlot::try_take() {
+            Some(taken) => {
+                slot = Some(taken);
+                Choice::Stream(encoding)
+            }
+            None => Choice::Stored(0, entry.variants.first()?),
+        },
         None => Choice::Stored(0, entry.variants.first()?),
     };
     match choice {
         Choice::Stored(index, variant) => {
             respond_stored(parts, entry, present, index, variant, files, sendfile)
         }
-        Choice::Stream(encoding) => respond_stream(parts, entry, present, encoding, files),
+        Choice::Stream(encoding) => respond_stream(parts, entry, present, encoding, files, slot),
     }
 }
 
@@ -201,6 +211,7 @@ fn respond_stream(
     present: Present<'_>,
     encoding: Encoding,
     files: Option<Files>,
+    slot: Option<body::EncoderSlot>,
 ) -> Option<Reply> {
     let identity = entry.variants.first()?;
     let mut headers = identity.headers.clone();
@@ -215,9 +226,9 @@ fn respond_stream(
     if present.conditional && not_modified(parts, &etag, entry) {
         return Some(build(StatusCode::NOT_MODIFIED, headers, body::empty()));
     }
-    let body = if parts.method == Method::GET {
+    let body = if let Some(slot) = slot {
         let file = files?.into_iter().next()??;
-        body::compressed_file(file, identity.len, encoding)
+        body::compressed_file(file, identity.len, encoding, slot)
     } else {
         body::empty()
     };
