@@ -391,18 +391,12 @@ logging: {{ access_log: false }}
 #[tokio::test]
 async fn http2_cookie_crumbs_are_joined_and_a_missing_authority_is_400() {
     use bytes::Bytes;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
 
     let up = TestUpstream::echo().await;
     let gw = TestGateway::start(&simple_yaml(up.addr, "", "")).await;
-    let tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c(gw.addr("http")).await;
     let mut req = http::Request::get(format!("http://{}/c", gw.addr("http")))
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
@@ -450,7 +444,6 @@ async fn http2_cookie_crumbs_are_joined_and_a_missing_authority_is_400() {
 async fn http2_clients_get_clean_heads_and_lengths() {
     use bytes::Bytes;
     use http_body_util::BodyExt;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::net::TcpStream;
 
     let twice =
@@ -470,12 +463,7 @@ logging: {{ access_log: false }}
 "#
     );
     let gw = TestGateway::start(&yaml).await;
-    let tcp = TcpStream::connect(gw.addr("http")).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c(gw.addr("http")).await;
     let base = format!("http://{}", gw.addr("http"));
     let mut ask = |method: http::Method, path: &str| {
         let req = http::Request::builder()
@@ -512,4 +500,18 @@ logging: {{ access_log: false }}
         let head = res.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
         assert_eq!(head.matches("content-length:").count(), lengths, "{res}");
     }
+}
+
+/// An HTTP/2 client connection (prior knowledge, plain TCP) to `addr`.
+async fn h2c(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    send
 }
