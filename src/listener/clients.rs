@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::observability::Throttle;
+use crate::policy::subscriber;
 
 /// Open connections per client address (or IPv6 /64).
 #[derive(Debug, Default)]
@@ -28,16 +29,10 @@ pub struct ClientConnections {
     pub refusals: Throttle,
 }
 
-/// The address a client is counted under: itself for IPv4, its /64 for IPv6 (the accept
-/// loop has made IPv4-mapped addresses canonical).
-fn key(ip: IpAddr) -> IpAddr {
-    crate::policy::subscriber(ip)
-}
-
 impl ClientConnections {
     /// Counts a new connection from `ip`, or `None` when `ip` already holds `limit`.
     pub fn admit(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<ClientSlot> {
-        let key = key(ip);
+        let key = subscriber(ip);
         let mut open = self.lock();
         let count = open.get(&key).copied().unwrap_or(0);
         if count as usize >= limit {
@@ -52,7 +47,7 @@ impl ClientConnections {
 
     /// How many connections `ip`'s address (or /64) holds now.
     pub fn open(&self, ip: IpAddr) -> usize {
-        self.lock().get(&key(ip)).map_or(0, |&n| n as usize)
+        self.lock().get(&subscriber(ip)).map_or(0, |&n| n as usize)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
