@@ -61,12 +61,15 @@ pub struct State {
 impl State {
     /// Builds the runtime state: upstream pools, the router, and every JWT policy (keys
     /// loaded, `jwks_url` fetched once; their refreshers start under a child of `shutdown`).
-    /// Errors name the failing `jwt_policies.NAME...`.
+    /// `previous` is the running state on a reload (`None` at start): what outlives a reload
+    /// is taken from it. Errors name the failing `jwt_policies.NAME...`.
     pub async fn build(
         settings: Arc<Settings>,
         shutdown: &CancellationToken,
         metrics: &Metrics,
+        previous: Option<&State>,
     ) -> Result<State, Vec<String>> {
+        let _ = previous;
         let jwt_policies = crate::auth::build_all(&settings.jwt_policies).await?;
         let tasks = shutdown.child_token();
         for policy in &jwt_policies {

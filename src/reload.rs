@@ -120,7 +120,14 @@ impl Reloader {
         // the first fails, so the operator sees every error at once; a failed reload drops
         // what was built (new sockets close, new health checkers stop).
         let plan = self.listeners.prepare(&settings);
-        let state = State::build(settings.clone(), &self.shutdown, &self.metrics).await;
+        let running = self.state.load_full();
+        let state = State::build(
+            settings.clone(),
+            &self.shutdown,
+            &self.metrics,
+            Some(&running),
+        )
+        .await;
         let (plan, state) = match (plan, state) {
             (Ok(plan), Ok(state)) => (plan, state),
             (plan, state) => {

@@ -110,7 +110,7 @@ impl Gateway {
         let stopped = CancellationToken::new();
         let shutdown = stopped.child_token();
         let metrics = Arc::new(Metrics::new());
-        let state = State::build(settings.clone(), &shutdown, &metrics)
+        let state = State::build(settings.clone(), &shutdown, &metrics, None)
             .await
             .map_err(StartError::Policies)?;
         let state = Arc::new(ArcSwap::from_pointee(state));
