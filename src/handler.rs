@@ -158,7 +158,6 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// `Some(port)` on a `redirect_https` listener.
     pub redirect_https: Option<u16>,
-    pub peer_trusted: bool,
     /// Plain TCP: where static responses offer their bodies for sendfile.
     pub sendfile: Option<crate::sendfile::Slot>,
     /// The listener's connection-level metrics.
@@ -372,10 +371,12 @@ async fn route_and_forward(
         }
         verified = Some(authorized);
     }
+    // Per request, from this request's configuration (not once per connection).
+    let peer_trusted = state.settings.server.trusts(conn.peer.ip());
     if let Some(limiter) = state.rate_limits.get(route_index).and_then(Option::as_ref) {
         let input = KeyInput {
             peer: conn.peer.ip(),
-            peer_trusted: conn.peer_trusted,
+            peer_trusted,
             trusted_proxies: &state.settings.server.trusted_proxies,
             headers: req.headers(),
             claims: verified.as_ref().map(|v| &*v.claims),
@@ -421,14 +422,14 @@ async fn route_and_forward(
             let upstream = &state.upstreams[index];
             let fwd = Forwarding {
                 peer: &conn.peer_header,
-                peer_trusted: conn.peer_trusted,
+                peer_trusted,
                 https: conn.tls,
                 host,
                 request_id,
             };
             let hash = upstream.request_hash(&KeyInput {
                 peer: conn.peer.ip(),
-                peer_trusted: conn.peer_trusted,
+                peer_trusted,
                 trusted_proxies: &state.settings.server.trusted_proxies,
                 headers: req.headers(),
                 claims: verified.as_ref().map(|v| &*v.claims),

@@ -583,6 +583,51 @@ async fn plain_listener_options_follow_reload() {
     assert!(res.to_ascii_lowercase().contains(&location), "{res}");
 }
 
+/// `trusted_proxies` is asked per request, of the request's configuration: a reload that stops
+/// trusting a proxy also stops believing the `X-Forwarded-For` it sends on a keep-alive
+/// connection it opened before the reload (the audit's spoofing case).
+#[tokio::test]
+async fn a_proxy_removed_by_reload_is_not_believed_on_its_open_connection() {
+    let app = TestUpstream::echo().await;
+    let trusting = config(&plain_listener("http", "127.0.0.1:0"), app.addr, "", "").replace(
+        "server:\n",
+        "server:\n  trusted_proxies: [\"127.0.0.1/32\"]\n",
+    );
+    let gw = start(&trusting).await;
+    let addr = gw.addr("http");
+    let mut sender = h1(TcpStream::connect(addr).await.unwrap()).await;
+    let spoofed = || {
+        Request::get("/")
+            .header("host", "localhost")
+            .header("x-forwarded-for", "203.0.113.9")
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let forwarded_for = |app: &TestUpstream| {
+        app.last().headers["x-forwarded-for"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    sender.ready().await.unwrap();
+    let res = sender.send_request(spoofed()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.into_body().collect().await.unwrap();
+    assert_eq!(forwarded_for(&app), "203.0.113.9, 127.0.0.1");
+
+    let distrusting = config(&plain_listener("http", "127.0.0.1:0"), app.addr, "", "");
+    reload(&gw, &distrusting).await.unwrap();
+    sender.ready().await.unwrap();
+    let res = sender.send_request(spoofed()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.into_body().collect().await.unwrap();
+    assert_eq!(
+        forwarded_for(&app),
+        "127.0.0.1",
+        "the same connection, after the reload"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. the binary: SIGHUP with one runtime per worker
 // ---------------------------------------------------------------------------------------------

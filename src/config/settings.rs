@@ -46,6 +46,15 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<IpNet>,
 }
 
+impl ServerSettings {
+    /// Whether `peer` is one of `trusted_proxies` (its `X-Forwarded-For` is believed). Asked
+    /// per request, of the request's own configuration: a reload that removes a proxy stops
+    /// believing it on connections it already had open.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
     pub name: String,

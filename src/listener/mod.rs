@@ -115,13 +115,9 @@ impl Acceptor {
             let options = self.options.load_full();
             let current = self.state.load();
             let server = &current.settings.server;
-            let peer_trusted = server
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&peer.ip()));
             let client = match server.max_connections_per_ip {
                 0 => None,
-                _ if peer_trusted => None,
+                _ if server.trusts(peer.ip()) => None,
                 limit => match self.clients.admit(peer.ip(), limit) {
                     Some(slot) => Some(slot),
                     None => {
@@ -134,7 +130,7 @@ impl Acceptor {
             drop(current);
             let _ = stream.set_nodelay(true);
             let open = options.metrics.open();
-            let task = self.connection_task(stream, peer, peer_trusted, handshake_timeout, options);
+            let task = self.connection_task(stream, peer, handshake_timeout, options);
             self.tracker.spawn(async move {
                 let _permit = permit;
                 let _open = open;
@@ -167,7 +163,6 @@ impl Acceptor {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
-        peer_trusted: bool,
         handshake_timeout: std::time::Duration,
         options: Arc<ListenerOptions>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
@@ -185,7 +180,6 @@ impl Acceptor {
             sni: None,
             tls_version: None,
             redirect_https,
-            peer_trusted,
             sendfile: tls.is_none().then(crate::sendfile::Slot::default),
             metrics: options.metrics.clone(),
         };
