@@ -29,7 +29,7 @@ routes: [{{ match: {{ path_prefix: / }}, upstream: app }}]
     let settings = gateway::config::load_str(&yaml, dir, dir.join("gateway.yaml"))
         .expect("bench config is valid");
     let upstream = settings.upstreams.into_iter().next().expect("one upstream");
-    Upstream::new(upstream, None)
+    Upstream::new(upstream, None, None)
 }
 
 fn bench(c: &mut Criterion) {

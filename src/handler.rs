@@ -69,7 +69,6 @@ impl State {
         metrics: &Metrics,
         previous: Option<&State>,
     ) -> Result<State, Vec<String>> {
-        let _ = previous;
         let jwt_policies = crate::auth::build_all(&settings.jwt_policies).await?;
         let tasks = shutdown.child_token();
         for policy in &jwt_policies {
@@ -80,7 +79,11 @@ impl State {
             .upstreams
             .iter()
             .enumerate()
-            .map(|(i, u)| Upstream::new(u.clone(), state_metrics.upstreams.get(i)))
+            .map(|(i, u)| {
+                let running =
+                    previous.and_then(|p| p.upstreams.iter().find(|r| r.name() == u.name));
+                Upstream::new(u.clone(), state_metrics.upstreams.get(i), running)
+            })
             .collect();
         for upstream in &upstreams {
             crate::proxy::health::spawn_checks(upstream, &tasks);

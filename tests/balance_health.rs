@@ -142,6 +142,80 @@ async fn reload_ends_the_old_health_checkers() {
     assert_eq!(up.hits(), after, "a retired state's checker still runs");
 }
 
+/// Reloads `gw` with `yaml` (parsed as the config file would be).
+async fn reload_with(gw: &TestGateway, yaml: &str) {
+    let dir = gw.dir.path();
+    let settings = gateway::config::load_str(yaml, dir, dir.join("gateway.yaml")).unwrap();
+    gw.gateway.reload(settings).await.unwrap();
+}
+
+/// A reload keeps a kept server's live state: its ejection goes on, and requests in flight
+/// under the old configuration count against `max_connections` under the new one (the fifth
+/// audit's finding: both started from zero, so a reload readmitted a failing server and let a
+/// capped one take more than its cap).
+#[tokio::test]
+async fn a_reload_keeps_a_kept_servers_ejection_and_in_flight_count() {
+    let bad = named("bad", 500).await;
+    let good = named("good", 200).await;
+    let both = [quoted(bad.addr), quoted(good.addr)];
+    let passive = "    passive: { consecutive_failures: 1, eject_for: 60s }";
+    let gw = TestGateway::start(&yaml(&both, passive)).await;
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        get(&client, &gw, "/").await;
+    }
+    assert_eq!(bad.hits(), 1);
+    // Any change (here a new retry count) swaps in a new state.
+    reload_with(
+        &gw,
+        &yaml(
+            &both,
+            &format!(
+                "{passive}
+    retries: 1"
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(admin_upstreams(&gw).await[0]["ejected"], true);
+    for _ in 0..6 {
+        assert_eq!(get(&client, &gw, "/").await, (200, "good".into()));
+    }
+    assert_eq!(bad.hits(), 1, "the reload readmitted an ejected server");
+
+    let slow = TestUpstream::start(|_| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Response::new(full("slow"))
+    })
+    .await;
+    let capped = "    max_connections: 1";
+    let gw = TestGateway::start(&yaml(&[quoted(slow.addr)], capped)).await;
+    let first = tokio::spawn({
+        let url = gw.url("http", "/");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    });
+    let start = Instant::now();
+    while slow.hits() == 0 && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    reload_with(
+        &gw,
+        &yaml(
+            &[quoted(slow.addr)],
+            &format!(
+                "{capped}
+    retries: 1"
+            ),
+        ),
+    )
+    .await;
+    // The first request still holds the only slot: the second is refused after the short
+    // wait for capacity instead of reaching the server as a second concurrent request.
+    assert_eq!(get(&client, &gw, "/").await.0, 503);
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(slow.hits(), 1);
+}
+
 /// A health endpoint on plain threads (outside the test's runtime, so that runtime's task
 /// count is the gateway's): check n answers 200 when n % 3 == 0, 500 when n % 3 == 1, and
 /// holds the connection open for 30 s without answering when n % 3 == 2. Returns the address

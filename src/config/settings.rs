@@ -145,7 +145,7 @@ pub struct UpstreamServer {
     pub weight: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     pub max_idle_per_server: usize,
     pub idle_timeout: Duration,

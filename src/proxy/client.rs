@@ -277,7 +277,6 @@ mod tests {
             state: Arc::new(super::super::server_state::ServerState::new(
                 "app",
                 &addr.to_string(),
-                None,
                 true,
                 crate::metrics::ServerMetrics::detached(&addr.to_string()),
             )),

@@ -86,7 +86,6 @@ fn in_flight() -> InFlight {
     let state = Arc::new(ServerState::new(
         "app",
         "test",
-        None,
         true,
         crate::metrics::ServerMetrics::detached("test"),
     ));

@@ -160,14 +160,14 @@ pub async fn forward<'u>(
                 {
                     // Only an upgrade the client asked for can be passed on: anything else
                     // would hand the client a connection in a protocol it never chose.
-                    server.state.record_failure();
+                    server.state.record_failure(settings.passive.as_ref());
                     return Err(GatewayError::UpstreamFailed {
                         server: server.label.clone(),
                         source: "upstream switched protocols unasked".into(),
                     });
                 }
                 if head.response.status().is_server_error() {
-                    server.state.record_failure();
+                    server.state.record_failure(settings.passive.as_ref());
                 } else {
                     server.state.record_success();
                 }
@@ -186,7 +186,7 @@ pub async fn forward<'u>(
             }
             Err(Failure { error, unsent }) => {
                 if is_server_failure(&error) {
-                    server.state.record_failure();
+                    server.state.record_failure(settings.passive.as_ref());
                 }
                 // A reset before the response head: an idempotent request with its body in
                 // memory is sent again from its copy.

@@ -3,6 +3,12 @@
 //! connect errors, resets before a response head, 5xx or timeouts eject the server for
 //! `eject_for`, doubled on each repeat up to 8×). Plain atomics: no lock on the request path.
 //! Every health or ejection change is logged once and mirrored into the server's metrics.
+//!
+//! The state holds nothing from the configuration but the server's names, so a reload that
+//! keeps a server keeps its state (`Upstream::new`): requests still in flight on the old
+//! configuration count against `max_connections` under the new one, and an ejection, the
+//! latency estimate and the health carry on. The passive-ejection settings come with each
+//! failure, from the configuration the request runs under.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -45,7 +51,6 @@ pub fn now_ms() -> u64 {
 pub struct ServerState {
     upstream: String,
     label: String,
-    passive: Option<PassiveSettings>,
     in_flight: AtomicUsize,
     /// Consecutive failed exchanges (reset by a success).
     failures: AtomicU32,
@@ -70,19 +75,12 @@ pub struct ServerState {
 
 impl ServerState {
     /// `healthy` is the starting health (a reload carries it over for a kept server).
-    pub fn new(
-        upstream: &str,
-        label: &str,
-        passive: Option<PassiveSettings>,
-        healthy: bool,
-        metrics: ServerMetrics,
-    ) -> Self {
+    pub fn new(upstream: &str, label: &str, healthy: bool, metrics: ServerMetrics) -> Self {
         metrics.set_healthy(healthy);
         metrics.set_ejected(false);
         ServerState {
             upstream: upstream.to_owned(),
             label: label.to_owned(),
-            passive,
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
@@ -240,9 +238,10 @@ impl ServerState {
         }
     }
 
-    /// An exchange failed at this server (connect error, reset, timeout, 5xx).
-    pub fn record_failure(&self) {
-        let Some(passive) = &self.passive else {
+    /// An exchange failed at this server (connect error, reset, timeout, 5xx); `passive` is
+    /// the upstream's setting (no ejection without it).
+    pub fn record_failure(&self, passive: Option<&PassiveSettings>) {
+        let Some(passive) = passive else {
             return;
         };
         let threshold = passive.consecutive_failures.max(1);
@@ -325,18 +324,33 @@ impl Drop for InFlight {
 mod tests {
     use super::*;
 
-    fn state(failures: u32, eject_for: Duration) -> ServerState {
-        let passive = PassiveSettings {
-            consecutive_failures: failures,
-            eject_for,
-        };
-        ServerState::new(
-            "app",
-            "s:1",
-            Some(passive),
-            true,
-            ServerMetrics::detached("s:1"),
-        )
+    /// A server and the passive settings its failures are recorded with.
+    struct Tested {
+        s: ServerState,
+        passive: PassiveSettings,
+    }
+
+    impl std::ops::Deref for Tested {
+        type Target = ServerState;
+        fn deref(&self) -> &ServerState {
+            &self.s
+        }
+    }
+
+    impl Tested {
+        fn record_failure(&self) {
+            self.s.record_failure(Some(&self.passive));
+        }
+    }
+
+    fn state(failures: u32, eject_for: Duration) -> Tested {
+        Tested {
+            s: ServerState::new("app", "s:1", true, ServerMetrics::detached("s:1")),
+            passive: PassiveSettings {
+                consecutive_failures: failures,
+                eject_for,
+            },
+        }
     }
 
     #[test]
@@ -384,7 +398,7 @@ mod tests {
     }
 
     /// The estimate as of its last sample (no decay).
-    fn fresh(s: &ServerState) -> u64 {
+    fn fresh(s: &Tested) -> u64 {
         s.latency_us(s.ewma_at_ms.load(Ordering::Relaxed))
     }
 

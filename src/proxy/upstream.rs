@@ -46,30 +46,48 @@ pub enum NoServer {
 }
 
 impl Upstream {
-    /// `metrics` are this upstream's handles (same server order); servers that stay across a
-    /// reload keep their active health (it lives in the metrics registry).
-    pub fn new(settings: UpstreamSettings, metrics: Option<&UpstreamMetrics>) -> Self {
+    /// `metrics` are this upstream's handles (same server order). `previous` is the running
+    /// upstream of the same name on a reload: a server it had at the same address keeps its
+    /// live state (in-flight count, ejection, latency estimate, health: see
+    /// [`ServerState`]) and, when `pool:` is unchanged, its idle connections. A server whose
+    /// health check is removed while it is unhealthy starts afresh (healthy), so a failed
+    /// reload never changes the running state.
+    pub fn new(
+        settings: UpstreamSettings,
+        metrics: Option<&UpstreamMetrics>,
+        previous: Option<&Upstream>,
+    ) -> Self {
         let servers = settings
             .servers
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let m = metrics
-                    .and_then(|m| m.servers.get(i))
-                    .cloned()
-                    .unwrap_or_else(|| ServerMetrics::detached(&s.address));
-                let healthy = settings.health_check.is_none() || m.healthy();
+                let kept = previous.and_then(|p| {
+                    p.servers
+                        .iter()
+                        .find(|old| old.label == s.address && old.addr == s.socket_addr)
+                        .map(|old| (old, p.settings.pool == settings.pool))
+                });
+                let state = kept
+                    .map(|(old, _)| &old.state)
+                    .filter(|state| settings.health_check.is_some() || state.is_healthy())
+                    .map(Arc::clone)
+                    .unwrap_or_else(|| {
+                        let m = metrics
+                            .and_then(|m| m.servers.get(i))
+                            .cloned()
+                            .unwrap_or_else(|| ServerMetrics::detached(&s.address));
+                        Arc::new(ServerState::new(&settings.name, &s.address, true, m))
+                    });
+                let pool = match kept {
+                    Some((old, true)) => Arc::clone(&old.pool),
+                    _ => Arc::new(ServerPool::new(&settings.pool)),
+                };
                 Server {
                     label: s.address.clone(),
                     addr: s.socket_addr,
-                    pool: Arc::new(ServerPool::new(&settings.pool)),
-                    state: Arc::new(ServerState::new(
-                        &settings.name,
-                        &s.address,
-                        settings.passive.clone(),
-                        healthy,
-                        m,
-                    )),
+                    pool,
+                    state,
                 }
             })
             .collect();
@@ -168,7 +186,7 @@ mod tests {
         let dir = std::env::temp_dir();
         let settings = crate::config::load_str(&yaml, &dir, dir.join("gateway.yaml"))
             .unwrap_or_else(|e| panic!("{e}"));
-        Upstream::new(settings.upstreams[0].clone(), None)
+        Upstream::new(settings.upstreams[0].clone(), None, None)
     }
 
     fn hash_of(u: &Upstream, claims: Option<&Map<String, Value>>) -> Option<u64> {
