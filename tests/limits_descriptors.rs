@@ -113,4 +113,8 @@ logging: {{ access_log: false }}
     }
     let (status, res) = served.expect("no answer after descriptors came back");
     assert_eq!(status, 200, "{res}");
+    // (Panic mode would serve from an ejected lone server too: the log says it was not.)
+    let log = gw.stderr();
+    assert!(!log.contains("server ejected"), "{log}");
+    assert!(!log.contains("panic mode"), "{log}");
 }

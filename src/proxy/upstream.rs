@@ -111,22 +111,50 @@ impl Upstream {
 
     /// The server for the next attempt of a request: usable now, under its cap, and not in
     /// `tried` (so a retry lands elsewhere).
+    ///
+    /// Panic mode (Envoy's name): when passive ejection has taken out every healthy server,
+    /// the ejections are ignored and the request goes to one of the healthy servers anyway.
+    /// Ejection is for an outlier among its peers; when all of them failed together (a
+    /// database blip making every worker answer 500 for a moment), ejecting them all would
+    /// turn a short blip into `eject_for` of 503s while the active checks pass. Servers that
+    /// failed their active checks stay out.
     pub fn choose(&self, hash: Option<u64>, tried: &[usize]) -> Result<usize, NoServer> {
         let now = now_ms();
         let cap = self.settings.max_connections;
-        let ok = |i: usize| {
-            !tried.contains(&i)
-                && self.servers[i].state.usable(now)
-                && (cap == 0 || self.servers[i].state.in_flight() < cap)
-        };
+        let room = |i: usize| cap == 0 || self.servers[i].state.in_flight() < cap;
+        let ok = |i: usize| !tried.contains(&i) && self.servers[i].state.usable(now) && room(i);
         let load = |i: usize| self.servers[i].state.in_flight() as u64;
         let latency = |i: usize| self.servers[i].state.latency_us(now);
         if let Some(i) = self.balancer.pick(hash, &ok, &load, &latency) {
             return Ok(i);
         }
-        let capped = cap > 0
-            && (0..self.servers.len())
-                .any(|i| !tried.contains(&i) && self.servers[i].state.usable(now));
+        let usable = |i: &usize| !tried.contains(i) && self.servers[*i].state.usable(now);
+        if (0..self.servers.len()).any(|i| usable(&i)) {
+            // Some server may take the request once it has room.
+            return Err(if cap > 0 {
+                NoServer::AtCapacity
+            } else {
+                NoServer::Unusable
+            });
+        }
+        if self.servers.iter().any(|s| s.state.usable(now)) {
+            // Only servers this request already tried are usable: no panic for a retry.
+            return Err(NoServer::Unusable);
+        }
+        let panic = |i: usize| !tried.contains(&i) && self.servers[i].state.is_healthy() && room(i);
+        if let Some(i) = self.balancer.pick(hash, &panic, &load, &latency) {
+            static PANIC: crate::observability::Throttle = crate::observability::Throttle::new();
+            if let Some(held_back) = PANIC.ready() {
+                tracing::warn!(
+                    upstream = %self.name(),
+                    more_since_last = held_back,
+                    "every healthy server is ejected; ignoring the ejections (panic mode)"
+                );
+            }
+            return Ok(i);
+        }
+        let capped = (0..self.servers.len())
+            .any(|i| !tried.contains(&i) && self.servers[i].state.is_healthy() && !room(i));
         Err(if capped {
             NoServer::AtCapacity
         } else {
@@ -229,5 +257,41 @@ mod tests {
         assert_eq!(u.choose(None, &[0, 1, 2]), Err(NoServer::Unusable));
         let retry = u.choose(None, &[0]);
         assert!(matches!(retry, Ok(i) if i != 0));
+    }
+
+    fn eject(u: &Upstream, i: usize) {
+        let passive = crate::config::PassiveSettings {
+            consecutive_failures: 1,
+            eject_for: std::time::Duration::from_secs(60),
+        };
+        u.servers[i].state.record_failure(Some(&passive));
+        assert!(u.servers[i].state.is_ejected(now_ms()));
+    }
+
+    #[test]
+    fn with_every_healthy_server_ejected_the_ejections_are_ignored() {
+        let u = upstream("");
+        eject(&u, 0);
+        eject(&u, 1);
+        // One server left: it takes everything, and a retry does not go to the ejected.
+        assert_eq!(u.choose(None, &[]), Ok(2));
+        assert_eq!(u.choose(None, &[2]), Err(NoServer::Unusable));
+        eject(&u, 2);
+        // Every server ejected: panic mode spreads requests over all of them.
+        let mut seen = [0; 3];
+        for _ in 0..30 {
+            seen[u.choose(None, &[]).unwrap_or_else(|e| panic!("{e:?}"))] += 1;
+        }
+        assert_eq!(seen, [10, 10, 10]);
+        // A retry still avoids the servers this request tried.
+        assert_eq!(u.choose(None, &[0, 1]), Ok(2));
+        // Failing active checks is not overridden.
+        u.servers[1].state.set_healthy(false);
+        for _ in 0..10 {
+            assert_ne!(u.choose(None, &[]), Ok(1));
+        }
+        u.servers[0].state.set_healthy(false);
+        u.servers[2].state.set_healthy(false);
+        assert_eq!(u.choose(None, &[]), Err(NoServer::Unusable));
     }
 }
