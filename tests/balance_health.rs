@@ -203,6 +203,43 @@ async fn reload_ends_the_old_health_checkers() {
     assert_eq!(up.hits(), after, "a retired state's checker still runs");
 }
 
+/// A server failing every other exchange never fails three in a row, so only its failure
+/// share can eject it (`passive.failure_percentage`, 50 by default, over ~50 exchanges).
+/// Before it, such a server kept its full share: a third of all answers 5xx here, and more
+/// under `least_conn`/`p2c`, which favour a server that fails fast.
+#[tokio::test]
+async fn a_server_failing_half_its_requests_is_ejected_by_its_failure_share() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let flaky = TestUpstream::start({
+        let calls = calls.clone();
+        move |_| {
+            let failing = calls.fetch_add(1, Ordering::SeqCst) % 2 == 0;
+            async move {
+                let mut r = Response::new(full("flaky"));
+                if failing {
+                    *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                r
+            }
+        }
+    })
+    .await;
+    let good = named("good", 200).await;
+    let extra = "    passive: { consecutive_failures: 3, eject_for: 60s }";
+    let gw = TestGateway::start(&yaml(&[quoted(flaky.addr), quoted(good.addr)], extra)).await;
+    let client = reqwest::Client::new();
+    let mut errors = 0;
+    for _ in 0..300 {
+        if get(&client, &gw, "/").await.0 != 200 {
+            errors += 1;
+        }
+    }
+    assert_eq!(admin_upstreams(&gw).await[0]["ejected"], true);
+    // Ejected after its 50th or 51st exchange: about 25 errors, not 75.
+    assert!(errors <= 30, "{errors} of 300 requests failed");
+    assert!(flaky.hits() <= 52, "{}", flaky.hits());
+}
+
 /// Reloads `gw` with `yaml` (parsed as the config file would be).
 async fn reload_with(gw: &TestGateway, yaml: &str) {
     let dir = gw.dir.path();

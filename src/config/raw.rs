@@ -46,6 +46,7 @@ pub mod defaults {
 
     pub const PASSIVE_CONSECUTIVE_FAILURES: u32 = 3;
     pub const PASSIVE_EJECT_FOR: Duration = Duration::from_secs(10);
+    pub const PASSIVE_FAILURE_PERCENTAGE: u32 = 50;
 
     pub const JWKS_REFRESH: Duration = Duration::from_secs(300);
     pub const JWT_LEEWAY: Duration = Duration::from_secs(30);
@@ -242,6 +243,7 @@ pub struct RawHealthCheck {
 pub struct RawPassive {
     pub consecutive_failures: Option<u32>,
     pub eject_for: Option<DurationValue>,
+    pub failure_percentage: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

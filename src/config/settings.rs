@@ -164,6 +164,8 @@ pub struct HealthCheckSettings {
 pub struct PassiveSettings {
     pub consecutive_failures: u32,
     pub eject_for: Duration,
+    /// Eject when about this share (%) of the last ~20 exchanges failed; 0 = off.
+    pub failure_percentage: u32,
 }
 
 #[derive(Debug, Clone)]

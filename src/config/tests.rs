@@ -53,6 +53,7 @@ upstreams:
     passive:                   # outlier ejection on live traffic
       consecutive_failures: 3
       eject_for: 10s
+      failure_percentage: 50   # extension: also eject at this failed share of ~50 exchanges
     max_connections: 0         # per server; 0 = unlimited
 
 jwt_policies:

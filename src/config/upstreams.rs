@@ -232,6 +232,17 @@ fn passive(raw: &RawPassive, path: &str, errs: &mut Errors<'_>) -> PassiveSettin
             format!("{path}.eject_for"),
             errs,
         ),
+        failure_percentage: match raw.failure_percentage {
+            Some(p) if p > 100 => {
+                errs.add(
+                    format!("{path}.failure_percentage"),
+                    format!("{p} is not a percentage (0 turns it off, at most 100)"),
+                );
+                defaults::PASSIVE_FAILURE_PERCENTAGE
+            }
+            Some(p) => p,
+            None => defaults::PASSIVE_FAILURE_PERCENTAGE,
+        },
     }
 }
 
@@ -347,8 +358,8 @@ mod tests {
         );
         let p = u.passive.as_ref().unwrap();
         assert_eq!(
-            (p.consecutive_failures, p.eject_for),
-            (3, Duration::from_secs(5))
+            (p.consecutive_failures, p.eject_for, p.failure_percentage),
+            (3, Duration::from_secs(5), 50)
         );
     }
 
@@ -363,7 +374,7 @@ mod tests {
     balance: consistent_hash
     connect_timeout: 0s
     health_check: { path: healthz, unhealthy_after: 0 }
-    passive: { consecutive_failures: 0 }
+    passive: { consecutive_failures: 0, failure_percentage: 101 }
 ",
         ));
         let got: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
@@ -379,6 +390,7 @@ mod tests {
                 "upstreams.app.health_check.path",
                 "upstreams.app.health_check.unhealthy_after",
                 "upstreams.app.passive.consecutive_failures",
+                "upstreams.app.passive.failure_percentage",
             ],
             "{errs:#?}"
         );

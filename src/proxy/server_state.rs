@@ -38,6 +38,16 @@ const EWMA_DECAY_MS: f64 = 250.0;
 /// sample (an answer is due within about the estimate), then decays as when idle.
 const HOLD_FACTOR: u64 = 2;
 
+/// The failure rate behind `passive.failure_percentage` is an average over about this many
+/// exchanges (a plain mean until there are this many, then an EWMA with weight 1/this), and
+/// judged only once there are this many (Envoy's minimum request volume is 50 too).
+const RATE_WINDOW: u64 = 50;
+/// Fixed-point 1.0 of the failure rate.
+const RATE_ONE: u64 = 1 << 24;
+/// The rate packed with its sample count: enough samples and no failure in the average, so
+/// a success changes nothing (the usual case: one load per response).
+const RATE_SETTLED: u64 = RATE_WINDOW << 32;
+
 /// Repeat ejections grow `eject_for` by 2^(n-1), at most by this factor.
 const MAX_EJECT_FACTOR: u32 = 8;
 
@@ -54,6 +64,9 @@ pub struct ServerState {
     in_flight: AtomicUsize,
     /// Consecutive failed exchanges (reset by a success).
     failures: AtomicU32,
+    /// Failed share of recent exchanges: samples (up to [`RATE_WINDOW`]) << 32 | rate as a
+    /// fraction of [`RATE_ONE`]. Plain loads and stores: a race loses one sample at worst.
+    failure_rate: AtomicU64,
     /// `now_ms()` when the current ejection ends; 0 = not ejected.
     ejected_until: AtomicU64,
     /// Ejections since the last success: the backoff exponent.
@@ -83,6 +96,7 @@ impl ServerState {
             label: label.to_owned(),
             in_flight: AtomicUsize::new(0),
             failures: AtomicU32::new(0),
+            failure_rate: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             ejections_total: AtomicU64::new(0),
@@ -233,6 +247,11 @@ impl ServerState {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
         }
+        let rate = self.failure_rate.load(Ordering::Relaxed);
+        if rate != RATE_SETTLED {
+            self.failure_rate
+                .store(rate_step(rate, false), Ordering::Relaxed);
+        }
         if self.ejections.load(Ordering::Relaxed) != 0 && !self.is_ejected(now_ms()) {
             self.ejections.store(0, Ordering::Relaxed);
         }
@@ -244,12 +263,18 @@ impl ServerState {
         let Some(passive) = passive else {
             return;
         };
+        let rate = rate_step(self.failure_rate.load(Ordering::Relaxed), true);
+        self.failure_rate.store(rate, Ordering::Relaxed);
         let threshold = passive.consecutive_failures.max(1);
         let count = self
             .failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        if count < threshold {
+        let percent = rate_percent(rate);
+        let by_rate = passive.failure_percentage > 0
+            && rate >> 32 >= RATE_WINDOW
+            && percent >= u64::from(passive.failure_percentage);
+        if count < threshold && !by_rate {
             return;
         }
         let now = now_ms();
@@ -262,6 +287,8 @@ impl ServerState {
         {
             return;
         }
+        // Back from this ejection, the server is judged on fresh exchanges.
+        self.failure_rate.store(0, Ordering::Relaxed);
         let n = self
             .ejections
             .fetch_add(1, Ordering::Relaxed)
@@ -277,10 +304,25 @@ impl ServerState {
             upstream = %self.upstream,
             server = %self.label,
             failures = count,
+            failure_percent = percent,
             eject_for = ?eject_for,
             "server ejected"
         );
     }
+}
+
+/// The failure rate after one more exchange: a plain mean over the first [`RATE_WINDOW`],
+/// then an EWMA of weight 1/[`RATE_WINDOW`] (rounded so that successes bring it to 0).
+fn rate_step(packed: u64, failed: bool) -> u64 {
+    let samples = (packed >> 32).saturating_add(1).min(RATE_WINDOW);
+    let rate = packed & 0xFFFF_FFFF;
+    let rate = rate - rate.div_ceil(samples) + if failed { RATE_ONE / samples } else { 0 };
+    samples << 32 | rate
+}
+
+/// The packed failure rate in whole percent.
+fn rate_percent(packed: u64) -> u64 {
+    ((packed & 0xFFFF_FFFF) * 100 + RATE_ONE / 2) / RATE_ONE
 }
 
 /// `ewma` µs decayed over `idle_ms` (at least 1 µs, so a server with samples never reads as
@@ -349,6 +391,7 @@ mod tests {
             passive: PassiveSettings {
                 consecutive_failures: failures,
                 eject_for,
+                failure_percentage: 50,
             },
         }
     }
@@ -503,5 +546,61 @@ mod tests {
         assert_eq!(ejection_time(base, 2), base * 2);
         assert_eq!(ejection_time(base, 4), base * 8);
         assert_eq!(ejection_time(base, 40), base * 8);
+    }
+
+    #[test]
+    fn failure_rate_is_a_mean_then_an_ewma_that_settles() {
+        let mut r = 0;
+        for i in 0..10 {
+            r = rate_step(r, i % 2 == 0);
+        }
+        assert_eq!(rate_percent(r), 50);
+        for _ in 0..2_000 {
+            r = rate_step(r, false);
+        }
+        assert_eq!(r, RATE_SETTLED, "successes bring the rate to exactly 0");
+        for _ in 0..2_000 {
+            r = rate_step(r, true);
+        }
+        assert_eq!(rate_percent(r), 100);
+    }
+
+    /// Half the answers failing, never three in a row: the consecutive rule never fires,
+    /// the failure share does once there are enough samples; a 20% share never does.
+    #[test]
+    fn a_server_failing_half_its_exchanges_is_ejected() {
+        let s = state(3, Duration::from_secs(60));
+        for i in 0..RATE_WINDOW {
+            assert!(s.usable(now_ms()), "ejected after {i} exchanges");
+            if i % 2 == 0 {
+                s.record_failure();
+            } else {
+                s.record_success();
+            }
+        }
+        s.record_failure();
+        assert!(s.is_ejected(now_ms()));
+        assert_eq!(s.ejections_total(), 1);
+
+        let s = state(3, Duration::from_secs(60));
+        for i in 0..2_000 {
+            if i % 5 == 0 {
+                s.record_failure();
+            } else {
+                s.record_success();
+            }
+        }
+        assert_eq!(s.ejections_total(), 0);
+
+        let mut s = state(3, Duration::from_secs(60));
+        s.passive.failure_percentage = 0;
+        for i in 0..2_000 {
+            if i % 2 == 0 {
+                s.record_failure();
+            } else {
+                s.record_success();
+            }
+        }
+        assert_eq!(s.ejections_total(), 0, "failure_percentage: 0 turns it off");
     }
 }

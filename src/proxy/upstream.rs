@@ -263,6 +263,7 @@ mod tests {
         let passive = crate::config::PassiveSettings {
             consecutive_failures: 1,
             eject_for: std::time::Duration::from_secs(60),
+            failure_percentage: 50,
         };
         u.servers[i].state.record_failure(Some(&passive));
         assert!(u.servers[i].state.is_ejected(now_ms()));
