@@ -162,6 +162,13 @@ impl Reloader {
                     listeners_kept = %names(&report.listeners.kept),
                     listeners_added = %names(&report.listeners.added),
                     listeners_removed = %names(&report.listeners.removed),
+                    listeners_renamed = %report
+                        .listeners
+                        .renamed
+                        .iter()
+                        .map(|(was, now)| format!("{was}->{now}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     "configuration reloaded: routes, upstreams, JWT policies, health checks, certificates and listeners swapped"
                 );
                 for key in report.restart_only {

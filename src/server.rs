@@ -161,7 +161,6 @@ impl Gateway {
                     |source| {
                         // The accept loops already run: stop them with the failed start.
                         stopped.cancel();
-                        listeners.close();
                         StartError::AdminBind {
                             addr: admin.bind,
                             source,
@@ -244,13 +243,11 @@ impl Gateway {
     /// Stops accepting (listeners close at once) and starts draining connections.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
-        self.listeners.close();
     }
 
     /// Waits for in-flight connections to finish, at most `server.shutdown_grace`.
     /// Returns false when the grace period ran out.
     pub async fn drained(&self) -> bool {
-        self.listeners.close();
         self.tracker.close();
         let grace = self.state.load().settings.server.shutdown_grace;
         let drained = tokio::time::timeout(grace, self.tracker.wait())

@@ -1,7 +1,7 @@
 //! Hot reload over real sockets: a route change under concurrent load without a failed
 //! request, a broken config keeping the old one, a renewed certificate reaching new TLS
-//! handshakes while open connections keep theirs, and listeners added, removed, renamed and
-//! moved by a reload.
+//! handshakes while open connections keep theirs, and listeners added, removed, renamed (under
+//! load, without a dropped connection) and moved by a reload.
 
 mod common;
 
@@ -531,7 +531,7 @@ async fn listeners_are_added_removed_renamed_and_moved_by_reload() {
         "a removed listener's connection kept serving after its drain"
     );
 
-    // v3: `new` renamed on the same port (the socket is taken over, not bound again), and
+    // v3: `new` renamed on the same port (kept under its new name, not bound again), and
     // `http` moved to another port (removed + added).
     let moved = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let v3 = config(
@@ -555,6 +555,95 @@ async fn listeners_are_added_removed_renamed_and_moved_by_reload() {
     assert!(
         refused(http).await,
         "the old address of a moved listener still accepts"
+    );
+}
+
+const RENAMES: usize = 20;
+const RENAME_CLIENTS: usize = 4;
+
+/// One request on a fresh connection; any failure (refused, reset, closed without an
+/// answer, hung) as text.
+async fn try_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let exchange = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        send(&mut sender, path).await.map_err(|e| format!("{e:?}"))
+    };
+    tokio::time::timeout(STEP, exchange)
+        .await
+        .unwrap_or_else(|_| Err("hung".into()))
+}
+
+/// The audit's rename storm: a listener renamed back and forth on its address while clients
+/// open a new connection per request. The socket and accept loops carry over, so no
+/// connection may be refused, reset or closed unanswered (it was: each rename drained the
+/// connections accepted under the old name, closing those whose request was not read yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renaming_a_listener_under_load_drops_no_connection() {
+    let app = app_upstream(Duration::ZERO).await;
+    let fixed = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let named = |name: &str| config(&plain_listener(name, &fixed.to_string()), app.addr, "", "");
+    let gw = start(&named("a")).await;
+    assert_eq!(gw.addr("a"), fixed);
+    // A keep-alive connection opened under the first name: a rename is no removal, so it
+    // keeps serving (a removed listener's connections close after their current request).
+    let mut kept_alive = h1(TcpStream::connect(fixed).await.unwrap()).await;
+    assert_eq!(
+        send(&mut kept_alive, "/first").await.unwrap(),
+        (200, "ok /first".into())
+    );
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut clients = Vec::new();
+    for i in 0..RENAME_CLIENTS {
+        let (stop, done, failures) = (stop.clone(), done.clone(), failures.clone());
+        clients.push(tokio::spawn(async move {
+            let path = format!("/rename/{i}");
+            while !stop.load(Ordering::SeqCst) {
+                match try_get(fixed, &path).await {
+                    Ok((200, body)) if body == format!("ok {path}") => {}
+                    other => failures.lock().unwrap().push(format!("{other:?}")),
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    wait_until("the load to start", STEP, || {
+        done.load(Ordering::SeqCst) >= 50
+    })
+    .await;
+    for n in 0..RENAMES {
+        let at = done.load(Ordering::SeqCst);
+        let name = if n % 2 == 0 { "b" } else { "a" };
+        reload(&gw, &named(name)).await.unwrap();
+        assert_eq!(gw.gateway.listeners(), [(name.to_string(), fixed)]);
+        wait_until("requests between renames", STEP, || {
+            done.load(Ordering::SeqCst) >= at + 20
+        })
+        .await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    for client in clients {
+        client.await.unwrap();
+    }
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed across {RENAMES} renames: {:?}",
+        failures.len(),
+        done.load(Ordering::SeqCst),
+        &failures[..failures.len().min(10)]
+    );
+    assert_eq!(
+        send(&mut kept_alive, "/after").await.unwrap(),
+        (200, "ok /after".into())
     );
 }
 

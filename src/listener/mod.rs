@@ -46,6 +46,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// What a reload may change on a listener that keeps its socket; read once per accepted
 /// connection, so a connection keeps what it started with.
 pub struct ListenerOptions {
+    /// The listener's `name`: a rename on the same address keeps the socket and swaps this.
+    pub name: Arc<str>,
     /// Certificates, SNI map, ALPN and minimum version: new handshakes use the latest.
     pub tls: Option<Arc<ServerConfig>>,
     pub redirect_https: Option<u16>,
@@ -55,7 +57,6 @@ pub struct ListenerOptions {
 
 /// Everything an accept loop needs; one per listener and worker thread.
 pub struct Acceptor {
-    pub name: Arc<str>,
     /// Registered with the runtime the accept loop runs on when it starts.
     pub tcp: Option<std::net::TcpListener>,
     /// Shared by the listener's accept loops on every worker; swapped on reload.
@@ -80,7 +81,7 @@ impl Acceptor {
         let tcp = match registered {
             Some(Ok(tcp)) => tcp,
             Some(Err(e)) => {
-                tracing::error!(listener = %self.name, error = %e, "cannot register listener");
+                tracing::error!(listener = %self.name(), error = %e, "cannot register listener");
                 return;
             }
             None => return,
@@ -105,7 +106,7 @@ impl Acceptor {
                     static FAILED: crate::observability::Throttle =
                         crate::observability::Throttle::new();
                     if let Some(held_back) = FAILED.ready() {
-                        tracing::warn!(listener = %self.name, error = %e, more_since_last = held_back, "accept failed");
+                        tracing::warn!(listener = %self.name(), error = %e, more_since_last = held_back, "accept failed");
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
@@ -138,7 +139,12 @@ impl Acceptor {
                 task.await;
             });
         }
-        tracing::info!(listener = %self.name, "stopped accepting");
+        tracing::info!(listener = %self.name(), "stopped accepting");
+    }
+
+    /// The listener's current name (a reload may rename it).
+    fn name(&self) -> Arc<str> {
+        self.options.load().name.clone()
     }
 
     /// A connection over `server.max_connections_per_ip`: counted, and a warning at most
@@ -147,7 +153,7 @@ impl Acceptor {
         options.metrics.refused_per_ip();
         if let Some(held_back) = self.clients.refusals.ready() {
             tracing::warn!(
-                listener = %self.name,
+                listener = %options.name,
                 client = %peer.ip(),
                 limit,
                 more_since_last = held_back,
@@ -170,7 +176,7 @@ impl Acceptor {
         let tls = options.tls.clone().map(TlsAcceptor::from);
         let builders = self.builders.load_full();
         let shutdown = self.stop.clone();
-        let listener = self.name.clone();
+        let listener = options.name.clone();
         let redirect_https = options.redirect_https;
         let mut info = ConnInfo {
             peer,

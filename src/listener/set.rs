@@ -5,8 +5,14 @@
 //! handshakes get the new certificates, SNI map, ALPN and minimum version, new connections the
 //! new `redirect_https`. A removed listener stops accepting at once; its open connections
 //! finish the requests in flight and close, as in a drain. An added listener is bound and gets
-//! an accept loop on every worker. A changed `bind` is a removal plus an addition, except that
-//! a new listener whose `bind` equals a removed one's takes that socket over (a rename).
+//! an accept loop on every worker. A changed `bind` is a removal plus an addition.
+//!
+//! A rename (a new `name` on the `bind` of a listener the new file no longer names) is kept
+//! like an unchanged listener: same socket, same accept loops, and its open connections carry
+//! on as if nothing happened; new connections are served and logged under the new name.
+//! (Stopping the old listener and starting the new one on a copy of its socket instead would
+//! drain, like a removal, the connections accepted a moment before under the old name: those
+//! whose request was not read yet were closed unanswered.)
 //!
 //! Everything that can fail (binding, TLS configuration) happens in [`ListenerSet::prepare`],
 //! before anything running changes; [`ListenerSet::commit`] cannot fail.
@@ -97,11 +103,10 @@ struct Live {
     name: String,
     /// As written in the file (port 0 stays 0): what a reload compares.
     bind: SocketAddr,
-    /// What the socket actually bound.
+    /// What the socket actually bound. Each accept loop owns a duplicate of the socket: the
+    /// port closes when the last of them stops.
     addr: SocketAddr,
-    /// Our copy of the socket (each accept loop owns a duplicate), kept for a rename to take
-    /// over; `None` once the gateway drains. The port closes when the last copy is dropped.
-    socket: Option<std::net::TcpListener>,
+    /// Includes the name, which a rename swaps.
     options: Arc<ArcSwap<ListenerOptions>>,
     /// Stops this listener's accept loops and drains its connections.
     stop: CancellationToken,
@@ -125,19 +130,19 @@ struct Planned {
 }
 
 enum Source {
-    /// Same name and bind: the live listener `id` keeps its socket and accept loops.
+    /// Same bind, and the same name or a rename: the live listener `id` keeps its socket and
+    /// accept loops.
     Keep(u64),
-    /// A new accept loop per worker, each on its own duplicate of `socket`.
-    Start {
-        socket: std::net::TcpListener,
-        per_worker: Vec<std::net::TcpListener>,
-    },
+    /// A new accept loop per worker, each on its own duplicate of the socket.
+    Start(Vec<std::net::TcpListener>),
 }
 
 /// What a commit changed, by listener name.
 #[derive(Debug, Default, Clone)]
 pub struct Changes {
     pub kept: Vec<String>,
+    /// `(old, new)`: kept with their socket and connections under a new name.
+    pub renamed: Vec<(String, String)>,
     pub added: Vec<String>,
     pub removed: Vec<String>,
 }
@@ -168,7 +173,7 @@ impl ListenerSet {
         let live = self.lock();
         let mut errors = Vec::new();
         let mut entries = Vec::new();
-        let kept: Vec<Option<usize>> = settings
+        let mut kept: Vec<Option<usize>> = settings
             .listeners
             .iter()
             .map(|l| {
@@ -176,7 +181,18 @@ impl ListenerSet {
                     .position(|o| o.name == l.name && o.bind == l.bind)
             })
             .collect();
+        // A rename: a listener the file no longer names keeps its socket, accept loops and
+        // connections under the new name of the one on its fixed address (the port is ours,
+        // and binding it again would fail).
         let mut taken: Vec<bool> = (0..live.len()).map(|i| kept.contains(&Some(i))).collect();
+        for (l, keep) in settings.listeners.iter().zip(&mut kept) {
+            if keep.is_none() && l.bind.port() != 0 {
+                *keep = (0..live.len()).find(|&j| !taken[j] && live[j].bind == l.bind);
+                if let Some(j) = *keep {
+                    taken[j] = true;
+                }
+            }
+        }
         for (index, l) in settings.listeners.iter().enumerate() {
             let tls = match l.tls.as_ref().map(tls::server_config) {
                 Some(Ok(config)) => Some(config),
@@ -192,41 +208,18 @@ impl ListenerSet {
             };
             let (addr, source) = match kept[index] {
                 Some(i) => (live[i].addr, Source::Keep(live[i].id)),
-                None => {
-                    // A removed listener's socket on the same fixed address is taken over:
-                    // the port is still ours, and binding it again would fail.
-                    let adopt = (l.bind.port() != 0)
-                        .then(|| {
-                            (0..live.len()).find(|&j| {
-                                !taken[j] && live[j].bind == l.bind && live[j].socket.is_some()
-                            })
-                        })
-                        .flatten();
-                    let socket = match adopt {
-                        Some(j) => {
-                            taken[j] = true;
-                            match &live[j].socket {
-                                Some(socket) => socket.try_clone(),
-                                None => super::bind(l.bind),
-                            }
-                        }
-                        None => super::bind(l.bind),
-                    };
-                    match socket.and_then(|s| self.duplicate(s)) {
-                        Ok((addr, socket, per_worker)) => {
-                            (addr, Source::Start { socket, per_worker })
-                        }
-                        Err(source) => {
-                            errors.push(ListenerError::Bind {
-                                index,
-                                name: l.name.clone(),
-                                addr: l.bind,
-                                source,
-                            });
-                            continue;
-                        }
+                None => match super::bind(l.bind).and_then(|s| self.duplicate(s)) {
+                    Ok((addr, per_worker)) => (addr, Source::Start(per_worker)),
+                    Err(source) => {
+                        errors.push(ListenerError::Bind {
+                            index,
+                            name: l.name.clone(),
+                            addr: l.bind,
+                            source,
+                        });
+                        continue;
                     }
-                }
+                },
             };
             entries.push(Planned {
                 name: l.name.clone(),
@@ -258,27 +251,24 @@ impl ListenerSet {
         })
     }
 
-    /// Its bound address, and one duplicate of `socket` per worker's accept loop.
+    /// Its bound address, and one duplicate of `socket` per worker's accept loop (`socket`
+    /// itself is the last).
     fn duplicate(
         &self,
         socket: std::net::TcpListener,
-    ) -> io::Result<(
-        SocketAddr,
-        std::net::TcpListener,
-        Vec<std::net::TcpListener>,
-    )> {
+    ) -> io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
         let addr = socket.local_addr()?;
-        let per_worker = self
-            .workers
-            .iter()
+        let mut per_worker = (1..self.workers.len())
             .map(|_| socket.try_clone())
             .collect::<io::Result<Vec<_>>>()?;
-        Ok((addr, socket, per_worker))
+        per_worker.push(socket);
+        Ok((addr, per_worker))
     }
 
-    /// Applies `plan`: kept listeners swap their options, added ones start accepting on
-    /// every worker, removed ones stop (this waits until their sockets are closed, so the
-    /// port refuses connections once it returns) and their connections drain.
+    /// Applies `plan`: kept listeners swap their options (a renamed one its name too; its
+    /// connections carry on), added ones start accepting on every worker, removed ones stop
+    /// (this waits until their sockets are closed, so the port refuses connections once it
+    /// returns) and their connections drain.
     pub async fn commit(&self, plan: Plan) -> Changes {
         let mut changes = Changes::default();
         self.shared.builders.store(Arc::new(plan.builders));
@@ -287,6 +277,7 @@ impl ListenerSet {
             let mut old = std::mem::take(&mut *live);
             for p in plan.entries {
                 let options = ListenerOptions {
+                    name: Arc::from(p.name.as_str()),
                     metrics: Arc::new(self.shared.metrics.listener(&p.name, p.tls.is_some())),
                     tls: p.tls,
                     redirect_https: p.redirect_https,
@@ -294,9 +285,15 @@ impl ListenerSet {
                 match p.source {
                     Source::Keep(id) => match old.iter().position(|o| o.id == id) {
                         Some(i) => {
-                            let l = old.remove(i);
+                            let mut l = old.remove(i);
                             l.options.store(Arc::new(options));
-                            changes.kept.push(l.name.clone());
+                            if l.name == p.name {
+                                changes.kept.push(p.name);
+                            } else {
+                                tracing::info!(listener = %p.name, was = %l.name, addr = %l.addr, "listener renamed; it keeps its socket and connections");
+                                let was = std::mem::replace(&mut l.name, p.name.clone());
+                                changes.renamed.push((was, p.name));
+                            }
                             live.push(l);
                         }
                         // Reloads run one at a time, so the listener prepare saw is there.
@@ -304,10 +301,10 @@ impl ListenerSet {
                             tracing::error!(listener = %p.name, "listener vanished during reload")
                         }
                     },
-                    Source::Start { socket, per_worker } => {
+                    Source::Start(per_worker) => {
                         tracing::info!(listener = %p.name, addr = %p.addr, tls = options.tls.is_some(), "listening");
                         changes.added.push(p.name.clone());
-                        let l = self.start(p.name, p.bind, p.addr, socket, per_worker, options);
+                        let l = self.start(p.name, p.bind, p.addr, per_worker, options);
                         live.push(l);
                     }
                 }
@@ -336,17 +333,14 @@ impl ListenerSet {
         name: String,
         bind: SocketAddr,
         addr: SocketAddr,
-        socket: std::net::TcpListener,
         per_worker: Vec<std::net::TcpListener>,
         options: ListenerOptions,
     ) -> Live {
         let options = Arc::new(ArcSwap::from_pointee(options));
         let stop = self.shared.shutdown.child_token();
         let loops = TaskTracker::new();
-        let shown: Arc<str> = Arc::from(name.as_str());
         for (tcp, worker) in per_worker.into_iter().zip(&self.workers) {
             let acceptor = Acceptor {
-                name: shown.clone(),
                 tcp: Some(tcp),
                 options: options.clone(),
                 builders: self.shared.builders.clone(),
@@ -365,18 +359,9 @@ impl ListenerSet {
             name,
             bind,
             addr,
-            socket: Some(socket),
             options,
             stop,
             loops,
-        }
-    }
-
-    /// The gateway drains: drop our copies of the sockets, so that each port closes as soon
-    /// as its accept loops (stopped by the drain token) let go of theirs.
-    pub fn close(&self) {
-        for l in self.lock().iter_mut() {
-            l.socket = None;
         }
     }
 
