@@ -101,7 +101,8 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     gateway::observability::init(&quiet_logging());
     let errors: Vec<String> = match config::load(path) {
-        // Keys are loaded (and each jwks_url fetched once) exactly as at start.
+        // Keys are loaded and each jwks_url fetched once; unlike at start, an unreachable
+        // jwks_url is an error: it would not work now.
         Ok(settings) => match check_policies(&settings) {
             Ok(()) => {
                 println!("ok");
@@ -126,7 +127,10 @@ fn check_policies(settings: &config::Settings) -> Result<(), Vec<String>> {
         .build()
         .map_err(|e| vec![format!("starting a runtime to load JWT keys: {e}")])?;
     runtime
-        .block_on(gateway::auth::build_all(&settings.jwt_policies))
+        .block_on(gateway::auth::build_all(
+            &settings.jwt_policies,
+            gateway::auth::FirstFetch::Required,
+        ))
         .map(drop)
 }
 

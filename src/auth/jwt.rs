@@ -17,13 +17,20 @@ use tokio_util::sync::CancellationToken;
 use super::cache::{Lookup, TokenCache, CAPACITY};
 use super::claims::ClaimRules;
 use super::jwks::Remote;
+use super::jwks::{RETRY_FIRST, RETRY_MAX};
 use super::keys::{load_local, KeySet};
-use super::reasons::{BAD_SIGNATURE, EXPIRED, MALFORMED, TOO_LARGE, UNKNOWN_KID, WRONG_ALGORITHM};
-use super::{extract, token, Rejection, RejectionCounts, Verified};
+use super::reasons::{
+    BAD_SIGNATURE, EXPIRED, JWKS_UNAVAILABLE, MALFORMED, TOO_LARGE, UNKNOWN_KID, WRONG_ALGORITHM,
+};
+use super::{extract, token, FirstFetch, Rejection, RejectionCounts, Verified};
 use crate::config::jwt_policy::{JwtKeySource, JwtPolicySettings};
 use crate::config::KeySource;
 
 const TOO_LARGE_TOKEN: Rejection = Rejection::new(TOO_LARGE, "token too large");
+const JWKS_UNAVAILABLE_NOW: Rejection = Rejection::new(
+    JWKS_UNAVAILABLE,
+    "no keys yet: the JWKS could not be fetched",
+);
 
 /// Policies are shared across connection tasks.
 const _: fn() = || {
@@ -66,9 +73,18 @@ fn now_secs() -> i64 {
 }
 
 impl JwtPolicy {
-    /// Loads the keys (the first `jwks_url` fetch included). Errors are whole sentences that
-    /// name the policy and the key source.
+    /// Loads the keys (the first `jwks_url` fetch included; a failed fetch is an error).
+    /// Errors are whole sentences that name the policy and the key source.
     pub async fn build(settings: &JwtPolicySettings) -> Result<Arc<JwtPolicy>, String> {
+        Self::build_with(settings, FirstFetch::Required).await
+    }
+
+    /// [`JwtPolicy::build`], with `first_fetch` deciding what a failed first `jwks_url` fetch
+    /// means (an error, no keys yet, or the running policy's keys).
+    pub async fn build_with(
+        settings: &JwtPolicySettings,
+        first_fetch: FirstFetch<'_>,
+    ) -> Result<Arc<JwtPolicy>, String> {
         let path = format!("jwt_policies.{}", settings.name);
         let mut algorithms = Vec::new();
         for name in &settings.algorithms {
@@ -80,18 +96,22 @@ impl JwtPolicy {
             JwtKeySource::JwksUrl(url) => {
                 let remote = Remote::new(url, settings.jwks_refresh)
                     .map_err(|e| format!("{path}.key.{e}"))?;
-                let keys = remote
-                    .fetch()
-                    .await
-                    .map_err(|e| format!("{path}.key.{e}"))?;
-                (KeySet::new(0, true, keys), Some(remote))
+                let keys = match remote.fetch().await {
+                    Ok(keys) => Arc::new(KeySet::new(0, true, keys)),
+                    Err(e) => {
+                        remote.record_failure();
+                        keys_without_fetch(&path, url, &e, first_fetch)?
+                    }
+                };
+                (keys, Some(remote))
             }
             local => (
-                load_local(local).map_err(|e| format!("{path}.key: {e}"))?,
+                Arc::new(load_local(local).map_err(|e| format!("{path}.key: {e}"))?),
                 None,
             ),
         };
-        if !keys.serves_any(&algorithms) {
+        // A key set not fetched yet is checked when it is (see `refresh_now`).
+        if keys.loaded && !keys.serves_any(&algorithms) {
             return Err(format!(
                 "{path}.algorithms: no key of this policy can verify {}",
                 settings.algorithms.join(", ")
@@ -105,7 +125,7 @@ impl JwtPolicy {
             forward_claims: settings.forward_claims.clone(),
             forward_token: settings.forward_token,
             rules: ClaimRules::new(settings),
-            keys: ArcSwap::from_pointee(keys),
+            keys: ArcSwap::new(keys),
             remote,
             cache: TokenCache::new(CAPACITY),
             rejections: RejectionCounts::default(),
@@ -114,6 +134,17 @@ impl JwtPolicy {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The `jwks_url` this policy fetches its keys from, if any.
+    pub fn jwks_url(&self) -> Option<&str> {
+        self.remote.as_ref().map(|r| r.url.as_str())
+    }
+
+    /// False while a `jwks_url` policy has never had a key set (it started while its JWKS
+    /// was unreachable): its routes answer 503 `jwks_unavailable` meanwhile.
+    pub fn keys_loaded(&self) -> bool {
+        self.keys.load().loaded
     }
 
     /// Finds the request's token and verifies it. Never blocks: an unknown `kid` on a
@@ -185,6 +216,10 @@ impl JwtPolicy {
             .ok()
             .filter(|a| self.algorithms.contains(a))
             .ok_or(Rejection::new(WRONG_ALGORITHM, "algorithm not allowed"))?;
+        if !keys.loaded {
+            // Everything the token could be refused for without a key was checked above.
+            return Err(JWKS_UNAVAILABLE_NOW);
+        }
         let mut verified = false;
         for entry in keys.candidates(alg, header.kid.as_deref())? {
             let input = segments.signing_input.as_bytes();
@@ -233,9 +268,11 @@ impl JwtPolicy {
     }
 
     /// Background refresh of a `jwks_url` key set every `jwks_refresh`, plus early refetches
-    /// requested by [`JwtPolicy::verify`]. Ends with `shutdown`, or at its next wake-up after
-    /// the last other `Arc` of the policy is dropped (a reload replaced it). No-op for other
-    /// key sources.
+    /// requested by [`JwtPolicy::verify`]. While the policy has never had keys (it started
+    /// while the JWKS was unreachable) it retries sooner: after [`RETRY_FIRST`], doubling up
+    /// to [`RETRY_MAX`] (never later than `jwks_refresh`). Ends with `shutdown`, or at its
+    /// next wake-up after the last other `Arc` of the policy is dropped (a reload replaced
+    /// it). No-op for other key sources.
     pub fn spawn_refresh(self: &Arc<Self>, shutdown: CancellationToken) {
         let Some(remote) = &self.remote else {
             return;
@@ -243,13 +280,21 @@ impl JwtPolicy {
         let every = remote.refresh_every;
         let weak: Weak<JwtPolicy> = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut retry = RETRY_FIRST;
             loop {
                 let early = {
                     let Some(policy) = weak.upgrade() else { break };
                     let Some(remote) = &policy.remote else { break };
+                    let wait = if policy.keys_loaded() {
+                        every
+                    } else {
+                        let wait = retry.min(every);
+                        retry = (retry * 2).min(RETRY_MAX);
+                        wait
+                    };
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(every) => false,
+                        _ = tokio::time::sleep(wait) => false,
                         _ = remote.wake.notified() => true,
                     }
                 };
@@ -296,9 +341,17 @@ impl JwtPolicy {
                         "JWKS refresh has no key for the policy's algorithms; keeping the previous keys");
                     return;
                 }
-                tracing::info!(policy = %self.name, url = %remote.url, keys = next.keys.len(), "JWKS keys changed");
+                if current.loaded {
+                    tracing::info!(policy = %self.name, url = %remote.url, keys = next.keys.len(), "JWKS keys changed");
+                } else {
+                    tracing::info!(policy = %self.name, url = %remote.url, keys = next.keys.len(), "JWKS keys loaded: the policy's routes verify tokens again");
+                }
                 self.keys.store(Arc::new(next));
                 self.cache.clear();
+            }
+            Err(e) if !self.keys_loaded() => {
+                remote.record_failure();
+                tracing::warn!(policy = %self.name, "JWKS fetch failed, still no keys (its routes answer 503): {e}");
             }
             Err(e) => {
                 remote.record_failure();
@@ -320,5 +373,49 @@ impl JwtPolicy {
     /// Verified tokens served from the cache so far.
     pub fn cache_hits(&self) -> u64 {
         self.cache.hits()
+    }
+}
+
+/// The key set of a `jwks_url` policy whose first fetch failed with `error`, as `first_fetch`
+/// decides: an error, no keys yet, or the keys of a running policy with the same URL.
+fn keys_without_fetch(
+    path: &str,
+    url: &str,
+    error: &str,
+    first_fetch: FirstFetch<'_>,
+) -> Result<Arc<KeySet>, String> {
+    match first_fetch {
+        FirstFetch::Required => Err(format!("{path}.key.{error}")),
+        FirstFetch::RetryLater => {
+            tracing::warn!(
+                "{path}: starting without keys, its routes answer 503 until the JWKS can be \
+                 fetched (retrying in {RETRY_FIRST:?}, backing off to {RETRY_MAX:?}): {error}"
+            );
+            Ok(Arc::new(KeySet::unloaded()))
+        }
+        FirstFetch::KeepRunning(running) => {
+            // The keys depend on nothing but the URL; of several running policies on it, the
+            // one with the newest keys.
+            let carried = running
+                .iter()
+                .filter(|p| p.jwks_url() == Some(url))
+                .map(|p| p.keys.load_full())
+                .max_by_key(|k| (k.loaded, k.generation));
+            let Some(keys) = carried else {
+                return Err(format!(
+                    "{path}.key.{error} (no running policy uses this jwks_url, so there are no \
+                     keys to keep)"
+                ));
+            };
+            tracing::warn!(
+                "{path}: keeping the running policy's {} for {url}: {error}",
+                if keys.loaded {
+                    "keys"
+                } else {
+                    "state (no keys yet)"
+                }
+            );
+            Ok(keys)
+        }
     }
 }
