@@ -464,6 +464,16 @@ async fn gateway_check_loads_jwt_keys() {
     assert!(stderr.contains("jwt_policies.main.key"), "{stderr}");
     assert!(stderr.contains("GW_TEST_SECRET"), "{stderr}");
     assert!(stderr.contains("jwt_policies.remote.key"), "{stderr}");
+    // `--no-jwks-fetch` (the systemd unit's check before a start or reload, which the
+    // gateway survives with the JWKS down) leaves the URL alone, but not the other keys.
+    let out = gateway_cmd(&["check", "--no-jwks-fetch", "-c", file], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("jwt_policies.main.key"), "{stderr}");
+    assert!(!stderr.contains("jwt_policies.remote"), "{stderr}");
+    let args = ["check", "--no-jwks-fetch", "-c", file];
+    let out = gateway_cmd(&args, &[("GW_TEST_SECRET", "s3cret")]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     // With the secret set and a JWKS that answers, the same file is fine.
     let key = TestRsaKey::generate();

@@ -96,8 +96,15 @@ impl JwtPolicy {
             JwtKeySource::JwksUrl(url) => {
                 let remote = Remote::new(url, settings.jwks_refresh)
                     .map_err(|e| format!("{path}.key.{e}"))?;
-                let keys = match remote.fetch().await {
-                    Ok(keys) => Arc::new(KeySet::new(0, true, keys)),
+                let fetched = match first_fetch {
+                    FirstFetch::Skip => Ok(Arc::new(KeySet::unloaded())),
+                    _ => remote
+                        .fetch()
+                        .await
+                        .map(|k| Arc::new(KeySet::new(0, true, k))),
+                };
+                let keys = match fetched {
+                    Ok(keys) => keys,
                     Err(e) => {
                         remote.record_failure();
                         keys_without_fetch(&path, url, &e, first_fetch)?
@@ -385,7 +392,7 @@ fn keys_without_fetch(
     first_fetch: FirstFetch<'_>,
 ) -> Result<Arc<KeySet>, String> {
     match first_fetch {
-        FirstFetch::Required => Err(format!("{path}.key.{error}")),
+        FirstFetch::Required | FirstFetch::Skip => Err(format!("{path}.key.{error}")),
         FirstFetch::RetryLater => {
             tracing::warn!(
                 "{path}: starting without keys, its routes answer 503 until the JWKS can be \

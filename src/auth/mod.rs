@@ -61,6 +61,8 @@ pub enum FirstFetch<'a> {
     /// them; a `jwks_url` no running policy uses is an error, so a mistyped URL is reported
     /// and the running config kept.
     KeepRunning(&'a [Arc<JwtPolicy>]),
+    /// No fetch at all (`gateway check --no-jwks-fetch`): the URL is only parsed.
+    Skip,
 }
 
 /// Builds every policy, in order (one per `Settings::jwt_policies` entry; `jwks_url` policies
