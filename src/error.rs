@@ -49,6 +49,10 @@ pub enum GatewayError {
     Unauthorized(Rejection),
     #[error("request body larger than {0} bytes")]
     BodyTooLarge(u64),
+    /// The route's JWT policy has no keys yet: its `jwks_url` was unreachable at start and
+    /// has not been fetched since. The token may well be valid, so this is no 401.
+    #[error("no keys for jwt policy {0} yet: its JWKS could not be fetched")]
+    JwksUnavailable(String),
     /// Over the route's `rate_limit`; the next request with this key passes after the delay.
     #[error("rate limited (retry after {0:?})")]
     RateLimited(std::time::Duration),
@@ -98,9 +102,10 @@ impl GatewayError {
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::NoHealthyServer(_) | Self::BufferFull | Self::LocalResources(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoHealthyServer(_)
+            | Self::BufferFull
+            | Self::LocalResources(_)
+            | Self::JwksUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -123,6 +128,7 @@ impl GatewayError {
             Self::RateLimited(_) => "rate_limited",
             Self::NoHealthyServer(_) => "no_healthy_upstream",
             Self::BufferFull => "buffer_full",
+            Self::JwksUnavailable(_) => "jwks_unavailable",
             Self::LocalResources(_) => "overloaded",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
@@ -137,7 +143,10 @@ impl GatewayError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamFailed { .. }
             | Self::NoHealthyServer(_) => Side::Upstream,
-            Self::Internal(_) | Self::BufferFull | Self::LocalResources(_) => Side::Internal,
+            Self::Internal(_)
+            | Self::BufferFull
+            | Self::LocalResources(_)
+            | Self::JwksUnavailable(_) => Side::Internal,
             _ => Side::Downstream,
         }
     }
@@ -237,6 +246,7 @@ mod tests {
             (GatewayError::BodyTooLarge(10), 413),
             (GatewayError::RateLimited(std::time::Duration::ZERO), 429),
             (GatewayError::NoHealthyServer("app".into()), 503),
+            (GatewayError::JwksUnavailable("idp".into()), 503),
             (
                 GatewayError::UpstreamConnect {
                     server: "s".into(),

@@ -26,7 +26,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, Request, Response, StatusCode, Uri};
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{JwtPolicy, Verified};
+use crate::auth::{FirstFetch, JwtPolicy, Verified};
 use crate::config::{RouteHandler, Settings};
 use crate::error::{full_body, GatewayBody, GatewayError};
 use crate::metrics::{Completion, MeteredBody, MethodClass, Metrics, StateMetrics};
@@ -60,7 +60,9 @@ pub struct State {
 
 impl State {
     /// Builds the runtime state: upstream pools, the router, and every JWT policy (keys
-    /// loaded, `jwks_url` fetched once; their refreshers start under a child of `shutdown`).
+    /// loaded, `jwks_url` fetched once; their refreshers start under a child of `shutdown`;
+    /// an unreachable `jwks_url` is no error unless a reload introduces it, see
+    /// [`FirstFetch`]).
     /// `previous` is the running state on a reload (`None` at start): what outlives a reload
     /// is taken from it. Errors name the failing `jwt_policies.NAME...`.
     pub async fn build(
@@ -69,7 +71,13 @@ impl State {
         metrics: &Metrics,
         previous: Option<&State>,
     ) -> Result<State, Vec<String>> {
-        let jwt_policies = crate::auth::build_all(&settings.jwt_policies).await?;
+        // An unreachable `jwks_url` starts without keys (503 on its routes, retried soon), or
+        // on a reload keeps the running keys of the same URL (a new URL must answer).
+        let first_fetch = match previous {
+            None => FirstFetch::RetryLater,
+            Some(running) => FirstFetch::KeepRunning(&running.jwt_policies),
+        };
+        let jwt_policies = crate::auth::build_all(&settings.jwt_policies, first_fetch).await?;
         let tasks = shutdown.child_token();
         for policy in &jwt_policies {
             policy.spawn_refresh(tasks.clone());
@@ -365,8 +373,16 @@ async fn route_and_forward(
         // Boxed: token checks (and a possible JWKS fetch) make a large future that
         // routes without `jwt:` should not carry.
         let authorized = Box::pin(authorize(policy, req.headers_mut())).await;
-        if let Err(GatewayError::Unauthorized(rejection)) = &authorized {
-            state.metrics.jwt_rejection(index, rejection.reason);
+        match &authorized {
+            Err(GatewayError::Unauthorized(rejection)) => {
+                state.metrics.jwt_rejection(index, rejection.reason);
+            }
+            Err(GatewayError::JwksUnavailable(_)) => {
+                state
+                    .metrics
+                    .jwt_rejection(index, crate::auth::reasons::JWKS_UNAVAILABLE);
+            }
+            _ => {}
         }
         let authorized = authorized?;
         if state.settings.logging.access_log {
@@ -464,10 +480,13 @@ async fn route_and_forward(
 /// see (claim headers set, client copies removed, the token stripped if so configured) and
 /// returns the verified claims (rate-limit keys may count by them).
 async fn authorize(policy: &JwtPolicy, headers: &mut HeaderMap) -> Result<Verified, GatewayError> {
-    let verified = policy
-        .verify_async(headers)
-        .await
-        .map_err(GatewayError::Unauthorized)?;
+    let verified = policy.verify_async(headers).await.map_err(|rejection| {
+        if rejection.is_unavailable() {
+            GatewayError::JwksUnavailable(policy.name().to_string())
+        } else {
+            GatewayError::Unauthorized(rejection)
+        }
+    })?;
     policy.apply(&verified, headers);
     unlist_from_connection(headers, policy.forwarded_headers());
     Ok(verified)

@@ -35,7 +35,13 @@ enum Command {
     /// Run the gateway (the default).
     Run,
     /// Validate the configuration like `nginx -t`: prints `ok`, or every error on stderr.
-    Check,
+    Check {
+        /// Do not fetch `jwks_url` key sets (their URLs are still parsed). For a check before
+        /// a start or reload, which the running gateway survives with its identity provider
+        /// down (see README, "JWKS outages").
+        #[arg(long)]
+        no_jwks_fetch: bool,
+    },
     /// First run: the gateway with built-in demo workers, a static folder and a JWT route,
     /// printing ready-to-paste curl commands. Ignores `-c`.
     Demo {
@@ -65,7 +71,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => check(&cli.config),
+        Command::Check { no_jwks_fetch } => check(&cli.config, no_jwks_fetch),
         Command::Run => match run(&cli.config) {
             Ok(code) => code,
             Err(e) => {
@@ -98,11 +104,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, no_jwks_fetch: bool) -> ExitCode {
     gateway::observability::init(&quiet_logging());
     let errors: Vec<String> = match config::load(path) {
-        // Keys are loaded (and each jwks_url fetched once) exactly as at start.
-        Ok(settings) => match check_policies(&settings) {
+        // Keys are loaded and each jwks_url fetched once (unless `--no-jwks-fetch`); unlike
+        // at start, an unreachable jwks_url is an error: it would not work now.
+        Ok(settings) => match check_policies(&settings, no_jwks_fetch) {
             Ok(()) => {
                 println!("ok");
                 return ExitCode::SUCCESS;
@@ -117,7 +124,7 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn check_policies(settings: &config::Settings) -> Result<(), Vec<String>> {
+fn check_policies(settings: &config::Settings, no_jwks_fetch: bool) -> Result<(), Vec<String>> {
     if settings.jwt_policies.is_empty() {
         return Ok(());
     }
@@ -125,8 +132,16 @@ fn check_policies(settings: &config::Settings) -> Result<(), Vec<String>> {
         .enable_all()
         .build()
         .map_err(|e| vec![format!("starting a runtime to load JWT keys: {e}")])?;
+    let first_fetch = if no_jwks_fetch {
+        gateway::auth::FirstFetch::Skip
+    } else {
+        gateway::auth::FirstFetch::Required
+    };
     runtime
-        .block_on(gateway::auth::build_all(&settings.jwt_policies))
+        .block_on(gateway::auth::build_all(
+            &settings.jwt_policies,
+            first_fetch,
+        ))
         .map(drop)
 }
 

@@ -1,6 +1,8 @@
 //! JWT keys over time and from the command line: JWKS rotation over a real local HTTP server
 //! with a running gateway, reloads (refreshers of the replaced state stop; a policy that
-//! cannot be built keeps the running state), `gateway token` and `gateway check`.
+//! cannot be built keeps the running state), an identity provider that is down (a reload keeps
+//! the running keys, a start answers 503 until the keys come), `gateway token` and
+//! `gateway check`.
 
 mod common;
 
@@ -15,16 +17,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_gateway");
 
 /// A gateway with one JWT route `/api/` under `policy` (YAML lines, indented 4).
 fn yaml(upstream: std::net::SocketAddr, policy: &str) -> String {
+    yaml_on("127.0.0.1:0", &format!("\"{upstream}\""), policy)
+}
+
+/// [`yaml`] with the listener on `bind` and `servers` (a YAML list's items) in upstream `app`.
+fn yaml_on(bind: &str, servers: &str, policy: &str) -> String {
     format!(
         r#"
 server:
   shutdown_grace: 5s
 listeners:
   - name: http
-    bind: "127.0.0.1:0"
+    bind: "{bind}"
 upstreams:
   app:
-    servers: ["{upstream}"]
+    servers: [{servers}]
     connect_timeout: 1s
     response_timeout: 5s
 jwt_policies:
@@ -50,6 +57,13 @@ async fn wait_hits(server: &JwksServer, n: usize, what: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// An RS256 `jwks_url` policy (YAML lines, indented 4), refreshed every `refresh`.
+fn url_policy(url: &str, refresh: &str) -> String {
+    format!(
+        "    algorithms: [RS256]\n    key: {{ jwks_url: \"{url}\" }}\n    jwks_refresh: {refresh}"
+    )
 }
 
 async fn status(client: &reqwest::Client, url: &str, token: &str) -> u16 {
@@ -142,6 +156,150 @@ async fn reload_stops_old_refreshers_and_keeps_state_when_policies_fail() {
         "old refresher still running"
     );
     assert_eq!(status(&client, &url, &token).await, 200);
+}
+
+// ---- an identity-provider outage: reloads keep the running keys, a start waits for them ----
+
+#[tokio::test]
+async fn reload_while_the_jwks_is_down_keeps_the_running_keys() {
+    let key = TestRsaKey::generate();
+    let idp = JwksServer::start(jwks(&[key.jwk_with_kid("k")])).await;
+    let (one, two) = (TestUpstream::echo().await, TestUpstream::echo().await);
+    let policy = url_policy(&idp.url, "1h");
+    let v1 = yaml_on("127.0.0.1:0", &format!("\"{}\"", one.addr), &policy);
+    let gw = TestGateway::start(&v1).await;
+    let file = gw.dir.path().join("gateway.yaml");
+    let client = reqwest::Client::new();
+    let url = gw.url("http", "/api/x");
+    let token = key.sign(Some("k"), &access_claims(json!({})));
+    assert_eq!(status(&client, &url, &token).await, 200);
+
+    // The identity provider goes down; the operator adds an upstream server (SIGHUP and
+    // `POST /reload` take this path).
+    idp.set_down(true);
+    let servers = format!("\"{}\", \"{}\"", one.addr, two.addr);
+    std::fs::write(&file, yaml_on("127.0.0.1:0", &servers, &policy)).unwrap();
+    let reloaded = gw.gateway.reload_from_file().await;
+    assert_eq!(reloaded, Ok(()), "a JWKS outage must not block the reload");
+    assert_eq!(idp.hits(), 2, "the reload tried to fetch");
+    assert_eq!(gw.gateway.settings().upstreams[0].servers.len(), 2);
+    // The new state verifies with the keys fetched before the outage, on both servers.
+    for _ in 0..4 {
+        assert_eq!(status(&client, &url, &token).await, 200);
+    }
+    assert!(two.hits() > 0, "the added server gets traffic");
+    let state = gw.gateway.state();
+    assert!(state.jwt_policies[0].keys_loaded());
+    assert_eq!(state.jwt_policies[0].jwks_failures(), 1);
+}
+
+#[tokio::test]
+async fn reload_with_a_changed_jwks_url_that_is_down_fails() {
+    let key = TestRsaKey::generate();
+    let idp = JwksServer::start(jwks(&[key.jwk_with_kid("k")])).await;
+    let moved = JwksServer::start(jwks(&[key.jwk_with_kid("k")])).await;
+    let up = TestUpstream::echo().await;
+    // Two policies on the same identity provider; `other` is then pointed elsewhere.
+    let policies = |other_url: &str| {
+        format!(
+            "{}\n  other:\n{}",
+            url_policy(&idp.url, "1h"),
+            url_policy(other_url, "1h")
+        )
+    };
+    let gw = TestGateway::start(&yaml(up.addr, &policies(&idp.url))).await;
+    let file = gw.dir.path().join("gateway.yaml");
+    let client = reqwest::Client::new();
+    let url = gw.url("http", "/api/x");
+    let token = key.sign(Some("k"), &access_claims(json!({})));
+    assert_eq!(status(&client, &url, &token).await, 200);
+
+    // Both URLs down: only the changed one is an error (it may be a typo), named with its URL.
+    idp.set_down(true);
+    moved.set_down(true);
+    std::fs::write(&file, yaml(up.addr, &policies(&moved.url))).unwrap();
+    let errors = gw.gateway.reload_from_file().await.unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("jwt_policies.other.key.jwks_url") && errors[0].contains(&moved.url),
+        "{errors:?}"
+    );
+    // The running config (and its keys) stays.
+    assert_eq!(status(&client, &url, &token).await, 200);
+    let state = gw.gateway.state();
+    assert_eq!(state.jwt_policies[1].jwks_url(), Some(idp.url.as_str()));
+}
+
+#[tokio::test]
+async fn gateway_run_starts_while_the_jwks_is_down_and_answers_503_until_it_is_up() {
+    let key = TestRsaKey::generate();
+    let idp = JwksServer::start(jwks(&[key.jwk_with_kid("k")])).await;
+    idp.set_down(true);
+    let up = TestUpstream::echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.yaml");
+    let addr = format!("127.0.0.1:{}", free_port());
+    // An hour between refreshes: only the quick retry of a policy without keys fetches soon.
+    let policy = url_policy(&idp.url, "1h");
+    std::fs::write(&file, yaml_on(&addr, &format!("\"{}\"", up.addr), &policy)).unwrap();
+    let mut gw = Running::start(&file);
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let base = format!("http://{addr}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // Routes without JWT serve.
+    loop {
+        if let Ok(res) = client.get(format!("{base}/open")).send().await {
+            assert_eq!(res.status(), 200);
+            break;
+        }
+        assert!(gw.still_running(), "gateway exited:\n{}", gw.stderr());
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(gw.stderr().contains("jwt_policies.main"), "{}", gw.stderr());
+
+    // A valid token: no key to check it against yet, so 503 (not 401), upstream untouched.
+    let token = key.sign(Some("k"), &access_claims(json!({})));
+    let before = up.hits();
+    let res = client
+        .get(format!("{base}/api/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().get("www-authenticate").is_none());
+    assert_eq!(
+        res.text().await.unwrap(),
+        r#"{"error":"jwks_unavailable","status":503}"#
+    );
+    // What needs no key is answered as usual.
+    let res = client.get(format!("{base}/api/x")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(status(&client, &format!("{base}/api/x"), "nope").await, 401);
+    assert_eq!(up.hits(), before, "the upstream was never contacted");
+    // Retried within seconds, not after `jwks_refresh`.
+    wait_hits(&idp, 2, "a quick retry").await;
+
+    // The identity provider comes back: tokens pass within a bounded wait.
+    idp.set_down(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match status(&client, &format!("{base}/api/x"), &token).await {
+            200 => break,
+            503 => {}
+            other => panic!("status {other}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", gw.stderr());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(up.hits(), before + 1);
+    gw.signal("TERM");
+    assert!(gw.wait_exit(Duration::from_secs(10)).await.success());
 }
 
 // ---- the binary: `gateway token` and `gateway check` ----
@@ -306,6 +464,16 @@ async fn gateway_check_loads_jwt_keys() {
     assert!(stderr.contains("jwt_policies.main.key"), "{stderr}");
     assert!(stderr.contains("GW_TEST_SECRET"), "{stderr}");
     assert!(stderr.contains("jwt_policies.remote.key"), "{stderr}");
+    // `--no-jwks-fetch` (the systemd unit's check before a start or reload, which the
+    // gateway survives with the JWKS down) leaves the URL alone, but not the other keys.
+    let out = gateway_cmd(&["check", "--no-jwks-fetch", "-c", file], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("jwt_policies.main.key"), "{stderr}");
+    assert!(!stderr.contains("jwt_policies.remote"), "{stderr}");
+    let args = ["check", "--no-jwks-fetch", "-c", file];
+    let out = gateway_cmd(&args, &[("GW_TEST_SECRET", "s3cret")]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     // With the secret set and a JWKS that answers, the same file is fine.
     let key = TestRsaKey::generate();

@@ -22,6 +22,10 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Unknown `kid`s trigger at most one early refetch per this interval.
 pub(crate) const EARLY_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// A policy that has never had keys (its JWKS was unreachable at start) retries this soon,
+/// then doubling each time up to [`RETRY_MAX`].
+pub(crate) const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub(crate) const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// A remote key set and the state of its refreshes.
 pub(crate) struct Remote {

@@ -5,25 +5,34 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderName};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::Algorithm;
-use tokio_util::sync::CancellationToken;
 
 use super::cache::{Lookup, TokenCache, CAPACITY};
 use super::claims::ClaimRules;
 use super::jwks::Remote;
 use super::keys::{load_local, KeySet};
-use super::reasons::{BAD_SIGNATURE, EXPIRED, MALFORMED, TOO_LARGE, UNKNOWN_KID, WRONG_ALGORITHM};
-use super::{extract, token, Rejection, RejectionCounts, Verified};
+use super::reasons::{
+    BAD_SIGNATURE, EXPIRED, JWKS_UNAVAILABLE, MALFORMED, TOO_LARGE, UNKNOWN_KID, WRONG_ALGORITHM,
+};
+use super::{extract, token, FirstFetch, Rejection, RejectionCounts, Verified};
 use crate::config::jwt_policy::{JwtKeySource, JwtPolicySettings};
 use crate::config::KeySource;
 
+mod refresh;
+
+use refresh::keys_without_fetch;
+
 const TOO_LARGE_TOKEN: Rejection = Rejection::new(TOO_LARGE, "token too large");
+const JWKS_UNAVAILABLE_NOW: Rejection = Rejection::new(
+    JWKS_UNAVAILABLE,
+    "no keys yet: the JWKS could not be fetched",
+);
 
 /// Policies are shared across connection tasks.
 const _: fn() = || {
@@ -66,9 +75,18 @@ fn now_secs() -> i64 {
 }
 
 impl JwtPolicy {
-    /// Loads the keys (the first `jwks_url` fetch included). Errors are whole sentences that
-    /// name the policy and the key source.
+    /// Loads the keys (the first `jwks_url` fetch included; a failed fetch is an error).
+    /// Errors are whole sentences that name the policy and the key source.
     pub async fn build(settings: &JwtPolicySettings) -> Result<Arc<JwtPolicy>, String> {
+        Self::build_with(settings, FirstFetch::Required).await
+    }
+
+    /// [`JwtPolicy::build`], with `first_fetch` deciding what a failed first `jwks_url` fetch
+    /// means (an error, no keys yet, or the running policy's keys).
+    pub async fn build_with(
+        settings: &JwtPolicySettings,
+        first_fetch: FirstFetch<'_>,
+    ) -> Result<Arc<JwtPolicy>, String> {
         let path = format!("jwt_policies.{}", settings.name);
         let mut algorithms = Vec::new();
         for name in &settings.algorithms {
@@ -80,18 +98,29 @@ impl JwtPolicy {
             JwtKeySource::JwksUrl(url) => {
                 let remote = Remote::new(url, settings.jwks_refresh)
                     .map_err(|e| format!("{path}.key.{e}"))?;
-                let keys = remote
-                    .fetch()
-                    .await
-                    .map_err(|e| format!("{path}.key.{e}"))?;
-                (KeySet::new(0, true, keys), Some(remote))
+                let fetched = match first_fetch {
+                    FirstFetch::Skip => Ok(Arc::new(KeySet::unloaded())),
+                    _ => remote
+                        .fetch()
+                        .await
+                        .map(|k| Arc::new(KeySet::new(0, true, k))),
+                };
+                let keys = match fetched {
+                    Ok(keys) => keys,
+                    Err(e) => {
+                        remote.record_failure();
+                        keys_without_fetch(&path, url, &e, first_fetch)?
+                    }
+                };
+                (keys, Some(remote))
             }
             local => (
-                load_local(local).map_err(|e| format!("{path}.key: {e}"))?,
+                Arc::new(load_local(local).map_err(|e| format!("{path}.key: {e}"))?),
                 None,
             ),
         };
-        if !keys.serves_any(&algorithms) {
+        // A key set not fetched yet is checked when it is (see `refresh_now`).
+        if keys.loaded && !keys.serves_any(&algorithms) {
             return Err(format!(
                 "{path}.algorithms: no key of this policy can verify {}",
                 settings.algorithms.join(", ")
@@ -105,7 +134,7 @@ impl JwtPolicy {
             forward_claims: settings.forward_claims.clone(),
             forward_token: settings.forward_token,
             rules: ClaimRules::new(settings),
-            keys: ArcSwap::from_pointee(keys),
+            keys: ArcSwap::new(keys),
             remote,
             cache: TokenCache::new(CAPACITY),
             rejections: RejectionCounts::default(),
@@ -114,6 +143,17 @@ impl JwtPolicy {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The `jwks_url` this policy fetches its keys from, if any.
+    pub fn jwks_url(&self) -> Option<&str> {
+        self.remote.as_ref().map(|r| r.url.as_str())
+    }
+
+    /// False while a `jwks_url` policy has never had a key set (it started while its JWKS
+    /// was unreachable): its routes answer 503 `jwks_unavailable` meanwhile.
+    pub fn keys_loaded(&self) -> bool {
+        self.keys.load().loaded
     }
 
     /// Finds the request's token and verifies it. Never blocks: an unknown `kid` on a
@@ -185,6 +225,10 @@ impl JwtPolicy {
             .ok()
             .filter(|a| self.algorithms.contains(a))
             .ok_or(Rejection::new(WRONG_ALGORITHM, "algorithm not allowed"))?;
+        if !keys.loaded {
+            // Everything the token could be refused for without a key was checked above.
+            return Err(JWKS_UNAVAILABLE_NOW);
+        }
         let mut verified = false;
         for entry in keys.candidates(alg, header.kid.as_deref())? {
             let input = segments.signing_input.as_bytes();
@@ -230,81 +274,6 @@ impl JwtPolicy {
     /// The headers this policy sets upstream from claims.
     pub fn forwarded_headers(&self) -> impl Iterator<Item = &HeaderName> {
         self.forward_claims.iter().map(|(_, h)| h)
-    }
-
-    /// Background refresh of a `jwks_url` key set every `jwks_refresh`, plus early refetches
-    /// requested by [`JwtPolicy::verify`]. Ends with `shutdown`, or at its next wake-up after
-    /// the last other `Arc` of the policy is dropped (a reload replaced it). No-op for other
-    /// key sources.
-    pub fn spawn_refresh(self: &Arc<Self>, shutdown: CancellationToken) {
-        let Some(remote) = &self.remote else {
-            return;
-        };
-        let every = remote.refresh_every;
-        let weak: Weak<JwtPolicy> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let early = {
-                    let Some(policy) = weak.upgrade() else { break };
-                    let Some(remote) = &policy.remote else { break };
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(every) => false,
-                        _ = remote.wake.notified() => true,
-                    }
-                };
-                let Some(policy) = weak.upgrade() else { break };
-                if early {
-                    policy.early_refetch().await;
-                } else {
-                    let Some(remote) = &policy.remote else { break };
-                    let _guard = remote.fetch_lock.lock().await;
-                    policy.refresh_now().await;
-                }
-            }
-        });
-    }
-
-    /// An early refetch if the rate limit allows one; otherwise waits for any fetch in flight.
-    async fn early_refetch(&self) {
-        let Some(remote) = &self.remote else {
-            return;
-        };
-        let claimed = remote.claim_early_slot();
-        let _guard = remote.fetch_lock.lock().await;
-        if claimed {
-            self.refresh_now().await;
-        }
-    }
-
-    /// Fetches the key set and swaps it in if it changed; a failure keeps the current keys.
-    /// Callers hold `fetch_lock`.
-    async fn refresh_now(&self) {
-        let Some(remote) = &self.remote else {
-            return;
-        };
-        match remote.fetch().await {
-            Ok(keys) => {
-                let current = self.keys.load();
-                let next = KeySet::new(current.generation + 1, true, keys);
-                if next.same_keys(&current) {
-                    return;
-                }
-                if !next.serves_any(&self.algorithms) {
-                    remote.record_failure();
-                    tracing::warn!(policy = %self.name, url = %remote.url,
-                        "JWKS refresh has no key for the policy's algorithms; keeping the previous keys");
-                    return;
-                }
-                tracing::info!(policy = %self.name, url = %remote.url, keys = next.keys.len(), "JWKS keys changed");
-                self.keys.store(Arc::new(next));
-                self.cache.clear();
-            }
-            Err(e) => {
-                remote.record_failure();
-                tracing::warn!(policy = %self.name, "JWKS refresh failed, keeping the previous keys: {e}");
-            }
-        }
     }
 
     /// Failed JWKS fetches since start (0 for other key sources).

@@ -63,6 +63,10 @@ pub(crate) struct KeySet {
     /// JWKS sets select by `kid`; a single configured key ignores it.
     pub by_kid: bool,
     pub keys: Vec<KeyEntry>,
+    /// False only for the placeholder of a `jwks_url` policy whose key set was never fetched
+    /// (it started while the JWKS was unreachable): its requests get 503 `jwks_unavailable`,
+    /// not 401, until the first fetch succeeds.
+    pub loaded: bool,
     fingerprint: [u8; 32],
 }
 
@@ -73,13 +77,22 @@ impl KeySet {
             generation,
             by_kid,
             keys,
+            loaded: true,
             fingerprint,
+        }
+    }
+
+    /// No keys yet: a `jwks_url` set whose first fetch failed.
+    pub(crate) fn unloaded() -> Self {
+        KeySet {
+            loaded: false,
+            ..KeySet::new(0, true, Vec::new())
         }
     }
 
     /// Same keys (ids, kinds, pinned algorithms and key material) as `other`.
     pub(crate) fn same_keys(&self, other: &KeySet) -> bool {
-        self.fingerprint == other.fingerprint
+        self.loaded == other.loaded && self.fingerprint == other.fingerprint
     }
 
     /// The keys that may have signed a token with this `alg` and `kid`.

@@ -44,12 +44,40 @@ pub use jwt::JwtPolicy;
 pub use mint::mint;
 pub use stats::RejectionCounts;
 
+/// The first fetch of a `jwt_policies.NAME.key.jwks_url` policy: whether it must succeed.
+#[derive(Clone, Copy)]
+pub enum FirstFetch<'a> {
+    /// A failed fetch is an error naming the policy and the URL: `gateway check` (like
+    /// `nginx -t`, it reports what would not work now).
+    Required,
+    /// A failed fetch starts the policy without keys: its routes answer 503
+    /// `jwks_unavailable` (never 401 to a token no key could be checked against) and the
+    /// refresher retries within seconds, with backoff. The gateway's start: an
+    /// identity-provider outage must not keep every other route down (Envoy also starts and
+    /// fetches asynchronously).
+    RetryLater,
+    /// A reload: after a failed fetch, a policy whose `jwks_url` a running policy also uses
+    /// takes over that policy's current keys (with a warning), as the running refresher keeps
+    /// them; a `jwks_url` no running policy uses is an error, so a mistyped URL is reported
+    /// and the running config kept.
+    KeepRunning(&'a [Arc<JwtPolicy>]),
+    /// No fetch at all (`gateway check --no-jwks-fetch`): the URL is only parsed.
+    Skip,
+}
+
 /// Builds every policy, in order (one per `Settings::jwt_policies` entry; `jwks_url` policies
 /// fetch concurrently). Errors name `jwt_policies.NAME...`; all of them are reported.
+/// `first_fetch` decides what an unreachable `jwks_url` means (see [`FirstFetch`]).
 pub async fn build_all(
     settings: &[crate::config::JwtPolicySettings],
+    first_fetch: FirstFetch<'_>,
 ) -> Result<Vec<Arc<JwtPolicy>>, Vec<String>> {
-    let results = futures_util::future::join_all(settings.iter().map(JwtPolicy::build)).await;
+    let results = futures_util::future::join_all(
+        settings
+            .iter()
+            .map(|s| JwtPolicy::build_with(s, first_fetch)),
+    )
+    .await;
     let mut policies = Vec::with_capacity(results.len());
     let mut errors = Vec::new();
     for result in results {
@@ -91,6 +119,12 @@ impl Rejection {
     pub fn is_missing(&self) -> bool {
         self.reason == reasons::MISSING
     }
+
+    /// Not the token's fault: the policy has no keys yet (its `jwks_url` was never fetched).
+    /// Answered 503 `jwks_unavailable`, not 401.
+    pub fn is_unavailable(&self) -> bool {
+        self.reason == reasons::JWKS_UNAVAILABLE
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -119,9 +153,12 @@ pub mod reasons {
     pub const MISSING_CLAIM: &str = "missing_claim";
     /// A `claims:` exact match failed (e.g. a refresh token on an access route).
     pub const WRONG_CLAIM: &str = "wrong_claim";
+    /// The policy's `jwks_url` was never fetched (it started while the JWKS was unreachable):
+    /// no key to check the token against, answered 503.
+    pub const JWKS_UNAVAILABLE: &str = "jwks_unavailable";
 
     /// All of them, for pre-registering metric series.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         MISSING,
         MALFORMED,
         TOO_LARGE,
@@ -136,5 +173,6 @@ pub mod reasons {
         WRONG_AUDIENCE,
         MISSING_CLAIM,
         WRONG_CLAIM,
+        JWKS_UNAVAILABLE,
     ];
 }

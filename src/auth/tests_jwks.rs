@@ -1,5 +1,6 @@
 //! `jwks_url` over a real local HTTP server: first fetch at build, rotation through an early
-//! refetch (rate-limited), periodic refresh, failed fetches keeping the last good keys.
+//! refetch (rate-limited), periodic refresh, failed fetches keeping the last good keys, and
+//! an unreachable JWKS at start (no keys yet, quick retries) and on reload (running keys kept).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::reasons::*;
 use super::test_support::*;
-use super::JwtPolicy;
+use super::{FirstFetch, JwtPolicy};
 use crate::config::jwt_policy::{JwtKeySource, JwtPolicySettings};
 
 fn url_settings(url: &str, refresh: Duration) -> JwtPolicySettings {
@@ -147,4 +148,81 @@ async fn first_fetch_failure_names_the_url() {
         .await
         .unwrap_err();
     assert!(err.contains(&server.url) && err.contains("404"), "{err}");
+}
+
+#[tokio::test]
+async fn unreachable_at_start_means_no_keys_yet_and_a_quick_retry() {
+    let a = rsa();
+    let server = JwksServer::start(jwks(&[a.jwk_with_kid("a")])).await;
+    server.set(503, String::new());
+    // An hour between refreshes: only the retry of a never-loaded set can fetch soon.
+    let s = url_settings(&server.url, Duration::from_secs(3600));
+    let policy = JwtPolicy::build_with(&s, FirstFetch::RetryLater)
+        .await
+        .unwrap();
+    assert!(!policy.keys_loaded());
+    assert_eq!(policy.jwks_failures(), 1);
+    // A token that may well be valid: no key to tell, so not a 401 reason.
+    assert_eq!(reason(&policy, &fresh(a, "a")), JWKS_UNAVAILABLE);
+    assert!(policy.verify(&fresh(a, "a")).unwrap_err().is_unavailable());
+    // What needs no key is still refused as usual.
+    assert_eq!(reason(&policy, &http::HeaderMap::new()), MISSING);
+    assert_eq!(reason(&policy, &bearer("not-a-token")), MALFORMED);
+    assert_eq!(
+        reason(&policy, &bearer(&hs256(&access_claims()))),
+        WRONG_ALGORITHM
+    );
+
+    let shutdown = CancellationToken::new();
+    policy.spawn_refresh(shutdown.clone());
+    wait_for("a retry within seconds", || server.hits() >= 2).await;
+    server.set(200, jwks(&[a.jwk_with_kid("a")]));
+    // Retries at 1 s, 3 s, 7 s after the start: the keys arrive within a few seconds.
+    wait_for("the keys", || policy.keys_loaded()).await;
+    assert!(policy.verify(&fresh(a, "a")).is_ok());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_running_keys_of_an_unchanged_url() {
+    let a = rsa();
+    let server = JwksServer::start(jwks(&[a.jwk_with_kid("a")])).await;
+    let s = url_settings(&server.url, Duration::from_secs(300));
+    let running = vec![JwtPolicy::build(&s).await.unwrap()];
+    server.set(503, String::new());
+
+    // Same URL (another name, other algorithms that the keys still serve): the running keys.
+    let mut renamed = url_settings(&server.url, Duration::from_secs(60));
+    renamed.name = "renamed".into();
+    renamed.algorithms = vec!["RS256".into()];
+    let policy = JwtPolicy::build_with(&renamed, FirstFetch::KeepRunning(&running))
+        .await
+        .unwrap();
+    assert!(policy.keys_loaded());
+    assert!(policy.verify(&fresh(a, "a")).is_ok());
+    // Algorithms the running keys cannot verify: an error, as with a fetched set.
+    let mut es_only = s.clone();
+    es_only.algorithms = vec!["ES256".into()];
+    let err = JwtPolicy::build_with(&es_only, FirstFetch::KeepRunning(&running))
+        .await
+        .unwrap_err();
+    assert!(err.contains("jwt_policies.test.algorithms"), "{err}");
+
+    // A URL no running policy uses: the fetch error, as before (a typo must be reported).
+    let other = JwksServer::start(String::new()).await;
+    other.set(503, String::new());
+    let err = JwtPolicy::build_with(
+        &url_settings(&other.url, Duration::from_secs(60)),
+        FirstFetch::KeepRunning(&running),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.contains("jwt_policies.test.key.jwks_url") && err.contains(&other.url),
+        "{err}"
+    );
+    // `gateway check` (and `JwtPolicy::build`) still fail on any unreachable URL.
+    assert!(JwtPolicy::build_with(&s, FirstFetch::Required)
+        .await
+        .is_err());
 }

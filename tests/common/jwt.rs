@@ -1,6 +1,8 @@
 //! JWT helpers for the integration tests: hand-built tokens (any header, any payload text),
-//! a fresh RSA key with its PEMs and JWK, and a JWKS server whose document a test can change.
+//! a fresh RSA key with its PEMs and JWK, and a JWKS server whose document (and availability)
+//! a test can change.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::Response;
@@ -128,23 +130,32 @@ pub fn jwks(keys: &[serde_json::Value]) -> String {
     serde_json::json!({ "keys": keys }).to_string()
 }
 
-/// A real HTTP server on 127.0.0.1 serving a JWKS document the test can change.
+/// A real HTTP server on 127.0.0.1 serving a JWKS document the test can change, or, while
+/// [`JwksServer::set_down`], answering every fetch with a 503 (an identity-provider outage).
 pub struct JwksServer {
     pub url: String,
     body: Arc<Mutex<String>>,
+    down: Arc<AtomicBool>,
     server: TestUpstream,
 }
 
 impl JwksServer {
     pub async fn start(body: String) -> JwksServer {
         let body = Arc::new(Mutex::new(body));
-        let current = body.clone();
+        let down = Arc::new(AtomicBool::new(false));
+        let (current, is_down) = (body.clone(), down.clone());
         let upstream = TestUpstream::start(move |_| {
             let text = current.lock().unwrap().clone();
+            let status = if is_down.load(Ordering::SeqCst) {
+                503
+            } else {
+                200
+            };
             async move {
                 Response::builder()
+                    .status(status)
                     .header("content-type", "application/json")
-                    .body(full(text))
+                    .body(full(if status == 200 { text } else { String::new() }))
                     .unwrap()
             }
         })
@@ -152,12 +163,18 @@ impl JwksServer {
         JwksServer {
             url: format!("http://{}/.well-known/jwks.json", upstream.addr),
             body,
+            down,
             server: upstream,
         }
     }
 
     pub fn set(&self, body: String) {
         *self.body.lock().unwrap() = body;
+    }
+
+    /// While `true`, every fetch gets `503` with an empty body.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     /// Fetches so far.
