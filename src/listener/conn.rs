@@ -87,6 +87,10 @@ pub async fn serve_tcp(
 ) {
     let deadline = tokio::time::Instant::now() + builders.header_read_timeout;
     let protocol = tokio::select! {
+        // Bytes already received win over a drain that started meanwhile: a connection
+        // accepted with its request on the way is served, not closed unanswered (the
+        // HTTP/1.1 head reader likewise reads before it looks at the drain).
+        biased;
         sniffed = tokio::time::timeout_at(deadline, sniff(&stream)) => match sniffed {
             Ok(Ok(Some(protocol))) => protocol,
             Ok(Ok(None)) => return, // closed before sending anything
