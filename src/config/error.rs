@@ -82,6 +82,10 @@ impl<'a> Errors<'a> {
         });
     }
 
+    pub(crate) fn lines(&self) -> &'a LineIndex {
+        self.lines
+    }
+
     /// Records an error whose line is already known.
     pub(crate) fn add_at(&mut self, path: String, line: Option<usize>, message: String) {
         self.list.push(ConfigError {

@@ -13,6 +13,9 @@ use yaml_rust2::parser::{Event, Parser};
 #[derive(Debug, Default, Clone)]
 pub struct LineIndex {
     lines: HashMap<String, usize>,
+    /// The first key seen twice in one mapping: its path, its line, the first one's line.
+    /// (serde_yaml reports a duplicate at the line where the mapping starts.)
+    duplicate: Option<(String, usize, usize)>,
 }
 
 enum Frame {
@@ -70,7 +73,17 @@ impl LineIndex {
                         skipping_key: false,
                     }) = stack.last_mut()
                     {
-                        index.lines.entry(join_key(path, &value)).or_insert(line);
+                        let key_path = join_key(path, &value);
+                        match index.lines.get(&key_path) {
+                            Some(&first) => {
+                                if index.duplicate.is_none() {
+                                    index.duplicate = Some((key_path, line, first));
+                                }
+                            }
+                            None => {
+                                index.lines.insert(key_path, line);
+                            }
+                        }
                         *key = Some(value);
                     } else {
                         index.note_value_start(&stack, line);
@@ -110,6 +123,13 @@ impl LineIndex {
             }
         }
         index
+    }
+
+    /// The first key written twice in one mapping: `(path, line, line of the first)`.
+    pub fn duplicate(&self) -> Option<(&str, usize, usize)> {
+        self.duplicate
+            .as_ref()
+            .map(|(path, line, first)| (path.as_str(), *line, *first))
     }
 
     /// The path of the value that the top frame is about to receive.

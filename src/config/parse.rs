@@ -20,6 +20,13 @@ pub(crate) fn parse(yaml: &str, errs: &mut Errors<'_>) -> Option<RawConfig> {
     let mut doc: Value = match serde_yaml::from_str(yaml) {
         Ok(v) => v,
         Err(e) => {
+            // serde_yaml puts a duplicate key at the line of its mapping: name the key's own.
+            let duplicate = e.to_string().contains("duplicate entry");
+            if let Some((path, line, first)) = errs.lines().duplicate().filter(|_| duplicate) {
+                let message = format!("duplicate key (first written at line {first})");
+                errs.add_at(path.to_string(), Some(line), message);
+                return None;
+            }
             let line = e.location().map(|l| l.line());
             errs.add_at(String::new(), line, format!("invalid YAML: {e}"));
             return None;
@@ -217,6 +224,23 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_key_is_reported_at_its_own_line() {
+        let yaml = "upstreams:\n  app:\n    servers: [\"a:1\"]\n    retries: 1\n\n    retries: 2\n";
+        let (raw, errs) = run(yaml);
+        assert!(raw.is_none());
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "upstreams.app.retries");
+        assert_eq!(errs[0].line, Some(6));
+        assert_eq!(errs[0].message, "duplicate key (first written at line 4)");
+        // The same key in two mappings is no duplicate.
+        let (_, errs) = run("server:\n  max_connections: 1\nadmin:\n  max_connections: 1\n");
+        assert!(
+            errs.iter().all(|e| !e.message.contains("duplicate")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn empty_document_is_all_defaults() {
         let (raw, errs) = run("");
         let raw = raw.unwrap();
@@ -238,8 +262,8 @@ mod tests {
     #[test]
     fn duplicate_keys_and_wrong_shapes() {
         let (_, errs) = run("server:\n  idle_timeout: 5s\n  idle_timeout: 6s\n");
-        assert_eq!(errs[0].line, Some(2));
-        assert!(errs[0].message.contains("duplicate entry"), "{}", errs[0]);
+        assert_eq!(errs[0].line, Some(3));
+        assert!(errs[0].message.contains("duplicate key"), "{}", errs[0]);
         let (_, errs) = run("server: fast\n");
         assert_eq!(
             errs[0].to_string(),
