@@ -139,11 +139,12 @@ pub async fn forward<'u>(
         pass_fields: client_http1,
     };
     let attempts = 1 + settings.retries as usize;
-    upstream.record_request();
+    // One clock read for the retry budget and the first choice (a retry reads it again).
+    let mut now = Some(upstream.record_request());
     let mut tried: Vec<usize> = Vec::new();
     let mut last_error = None;
     loop {
-        let index = match choose(upstream, hash, &tried).await {
+        let index = match choose(upstream, hash, &tried, now.take()).await {
             Ok(index) => index,
             // Nothing usable (or, after a failure, nothing else to try).
             Err(_) => {
@@ -257,13 +258,16 @@ fn is_idempotent(method: &http::Method) -> bool {
     .contains(method)
 }
 
-/// A server for the next attempt; waits briefly while every usable server is at its cap.
+/// A server for the next attempt (`now`: a `now_ms()` just read, if any); waits briefly
+/// while every usable server is at its cap.
 async fn choose(
     upstream: &Upstream,
     hash: Option<u64>,
     tried: &[usize],
+    now: Option<u64>,
 ) -> Result<usize, NoServer> {
-    match upstream.choose(hash, tried) {
+    let now = now.unwrap_or_else(server_state::now_ms);
+    match upstream.choose_at(hash, tried, now) {
         // The wait (and its timer) is boxed: rare, and inline it would enlarge every
         // request's future.
         Err(NoServer::AtCapacity) => Box::pin(wait_for_capacity(upstream, hash, tried)).await,

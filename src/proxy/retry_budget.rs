@@ -24,17 +24,13 @@ pub struct RetryBudget {
 }
 
 impl RetryBudget {
-    /// A request started (once per request, whatever its attempts).
-    pub fn record_request(&self) {
-        self.record_request_at(now_ms());
-    }
-
     /// Whether one more retry fits the budget; counts it when it does.
     pub fn try_retry(&self) -> bool {
         self.try_retry_at(now_ms())
     }
 
-    fn record_request_at(&self, now: u64) {
+    /// A request started at `now` (`now_ms()`; once per request, whatever its attempts).
+    pub fn record_request_at(&self, now: u64) {
         self.rotate(now);
         self.requests.fetch_add(1, Ordering::Relaxed);
     }

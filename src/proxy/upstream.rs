@@ -119,7 +119,16 @@ impl Upstream {
     /// turn a short blip into `eject_for` of 503s while the active checks pass. Servers that
     /// failed their active checks stay out.
     pub fn choose(&self, hash: Option<u64>, tried: &[usize]) -> Result<usize, NoServer> {
-        let now = now_ms();
+        self.choose_at(hash, tried, now_ms())
+    }
+
+    /// [`Upstream::choose`] at `now` (`now_ms()`).
+    pub fn choose_at(
+        &self,
+        hash: Option<u64>,
+        tried: &[usize],
+        now: u64,
+    ) -> Result<usize, NoServer> {
         let cap = self.settings.max_connections;
         let room = |i: usize| cap == 0 || self.servers[i].state.in_flight() < cap;
         let ok = |i: usize| !tried.contains(&i) && self.servers[i].state.usable(now) && room(i);
@@ -183,9 +192,12 @@ impl Upstream {
         self.balancer.strategy() == Balance::P2c
     }
 
-    /// A request to this upstream started (the retry budget's base).
-    pub fn record_request(&self) {
-        self.budget.record_request();
+    /// A request to this upstream started (the retry budget's base); returns the `now_ms()`
+    /// it read, for the request's first [`Upstream::choose_at`].
+    pub fn record_request(&self) -> u64 {
+        let now = now_ms();
+        self.budget.record_request_at(now);
+        now
     }
 
     /// Whether the retry budget allows one more retry; a granted retry is counted in
