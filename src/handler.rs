@@ -44,6 +44,11 @@ pub struct State {
     pub upstreams: Vec<Upstream>,
     /// One per `Settings::jwt_policies`, same order (routes refer to them by index).
     pub jwt_policies: Vec<Arc<JwtPolicy>>,
+    /// Every header any policy sets from claims (`forward_claims`): removed from every
+    /// request on every route before the JWT step, so a client can never send its own
+    /// `X-User-Id` to an app that trusts it (on an open route, or on a route whose policy
+    /// forwards other claims).
+    claim_headers: Vec<HeaderName>,
     /// One per `Settings::routes`, same order: `Some` for `static:` routes (each with its
     /// own file cache, fresh on every reload).
     pub static_sites: Vec<Option<StaticSite>>,
@@ -96,10 +101,17 @@ impl State {
         for upstream in &upstreams {
             crate::proxy::health::spawn_checks(upstream, &tasks);
         }
+        let mut claim_headers: Vec<HeaderName> = Vec::new();
+        for name in jwt_policies.iter().flat_map(|p| p.forwarded_headers()) {
+            if !claim_headers.contains(name) {
+                claim_headers.push(name.clone());
+            }
+        }
         Ok(State {
             router: Router::new(&settings.routes),
             upstreams,
             jwt_policies,
+            claim_headers,
             static_sites: settings
                 .routes
                 .iter()
@@ -344,6 +356,9 @@ async fn route_and_forward(
     check_framing(&req)?;
     if let Some(port) = conn.redirect_https {
         return redirect_to_https(&req, port).map(Reply::from);
+    }
+    for name in &state.claim_headers {
+        req.headers_mut().remove(name);
     }
 
     let path = crate::path::normalize(req.uri().path()).map_err(GatewayError::BadPath)?;

@@ -185,6 +185,27 @@ async fn a_valid_access_token_is_forwarded_with_claim_headers() {
     assert_eq!(up.last().headers["x-user-id"], "7");
 }
 
+/// A client's own copy of a claim header never reaches the upstream, whichever route it
+/// takes: not on an open route (the sixth audit: `X-User-Id: 1` reached Django on `/open/`
+/// and on routes whose policy forwards other claims), nor on a JWT route whose policy sets
+/// other headers or none.
+#[tokio::test]
+async fn client_claim_headers_are_removed_on_every_route() {
+    let (gw, up) = start().await;
+    let client = reqwest::Client::new();
+    let rs_token = rsa().sign(None, &access_claims(json!({"user_id": 42})));
+    for (path, token) in [("/open/x", None), ("/rs/x", Some(&rs_token))] {
+        let mut req = client.get(gw.url("http", path)).header("X-User-Id", "1");
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        let seen = up.last();
+        assert!(seen.headers.get("x-user-id").is_none(), "{path}: {seen:?}");
+    }
+}
+
 #[tokio::test]
 async fn forward_token_false_strips_authorization() {
     let (gw, up) = start().await;
