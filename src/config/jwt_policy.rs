@@ -15,14 +15,28 @@ const HMAC_ALGORITHMS: [&str; 3] = ["HS256", "HS384", "HS512"];
 const PUBLIC_KEY_ALGORITHMS: [&str; 9] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
-/// Headers a claim must never be forwarded into: they change how the request is framed/routed.
-const RESERVED_HEADERS: [&str; 6] = [
+/// Headers a claim must never be forwarded into: they change how the request is framed or
+/// routed, the gateway sets them itself (a claim would be overwritten), or they are
+/// hop-by-hop and never reach the upstream (the claim would silently go missing).
+const RESERVED_HEADERS: [&str; 18] = [
     "host",
     "connection",
     "content-length",
     "transfer-encoding",
     "upgrade",
     "authorization",
+    "cookie",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+    "keep-alive",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
 ];
 
 /// Where a JWT policy's verification key comes from.
@@ -345,7 +359,7 @@ mod tests {
 key: { secret: a, jwks_url: \"https://x\" }
 claims: { roles: [a, b] }
 token_sources: [\"header:Authorization\", client_ip, \"query:t\"]
-forward_claims: { sub: Host, u: \"bad header\", v: X_User }
+forward_claims: { sub: Host, u: \"bad header\", v: X_User, w: X-Forwarded-For, x: Keep-Alive, y: X-Request-Id }
 max_token_bytes: 0
 ",
         );
@@ -361,6 +375,9 @@ max_token_bytes: 0
                 "jwt_policies.p.forward_claims.sub",
                 "jwt_policies.p.forward_claims.u",
                 "jwt_policies.p.forward_claims.v",
+                "jwt_policies.p.forward_claims.w",
+                "jwt_policies.p.forward_claims.x",
+                "jwt_policies.p.forward_claims.y",
                 "jwt_policies.p.max_token_bytes",
             ]
         );
