@@ -112,6 +112,36 @@ async fn jwks_url_rotation_needs_no_restart() {
     assert_eq!(state.jwt_policies[0].rejections().get("unknown_kid"), 1);
 }
 
+/// Tokens with unknown `kid`s (any client can send them) wake the refresher for early
+/// refetches; they must not push the periodic refresh back. Before, each wake-up restarted
+/// the `jwks_refresh` wait: a steady flood meant no periodic fetch at all (this session's JWT
+/// audit: 0 fetches in 12 s at `jwks_refresh: 3s`), only the rate-limited early ones.
+#[tokio::test]
+async fn a_flood_of_unknown_kids_does_not_starve_the_periodic_refresh() {
+    let key = TestRsaKey::generate();
+    let idp = JwksServer::start(jwks(&[key.jwk_with_kid("k")])).await;
+    let up = TestUpstream::echo().await;
+    let gw = TestGateway::start(&yaml(up.addr, &url_policy(&idp.url, "500ms"))).await;
+    let client = reqwest::Client::new();
+    let url = gw.url("http", "/api/x");
+    let claims = access_claims(json!({}));
+    let start = std::time::Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_millis(2_300) {
+        let token = key.sign(Some(&format!("unknown-{n}")), &claims);
+        assert_eq!(status(&client, &url, &token).await, 401);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One fetch at start, at most one early refetch (rate-limited), and the periodic ones
+    // every 500 ms: four by now, allowing one for a slow machine.
+    assert!(
+        idp.hits() >= 4,
+        "{} fetches for {n} unknown kids",
+        idp.hits()
+    );
+}
+
 #[tokio::test]
 async fn reload_stops_old_refreshers_and_keeps_state_when_policies_fail() {
     let key = TestRsaKey::generate();

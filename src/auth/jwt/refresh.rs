@@ -26,23 +26,33 @@ impl JwtPolicy {
         let weak: Weak<JwtPolicy> = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut retry = RETRY_FIRST;
+            // The next periodic fetch is due at a fixed time: early refetches (woken by
+            // unknown `kid`s, which any client can send) do not push it back, so a flood of
+            // them cannot starve the periodic refresh.
+            let mut due: Option<tokio::time::Instant> = None;
             loop {
                 let early = {
                     let Some(policy) = weak.upgrade() else { break };
                     let Some(remote) = &policy.remote else { break };
-                    let wait = if policy.keys_loaded() {
-                        every
-                    } else {
-                        let wait = retry.min(every);
-                        retry = (retry * 2).min(RETRY_MAX);
-                        wait
-                    };
+                    let at = *due.get_or_insert_with(|| {
+                        let wait = if policy.keys_loaded() {
+                            every
+                        } else {
+                            let wait = retry.min(every);
+                            retry = (retry * 2).min(RETRY_MAX);
+                            wait
+                        };
+                        tokio::time::Instant::now() + wait
+                    });
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => false,
+                        _ = tokio::time::sleep_until(at) => false,
                         _ = remote.wake.notified() => true,
                     }
                 };
+                if !early {
+                    due = None;
+                }
                 let Some(policy) = weak.upgrade() else { break };
                 if early {
                     policy.early_refetch().await;
