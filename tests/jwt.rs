@@ -239,6 +239,26 @@ async fn the_token_cookie_is_a_source() {
         .to_str()
         .unwrap()
         .contains("theme=dark"));
+
+    // Another credential beside the cookie's verified token (DRF could authenticate the
+    // request by it as somebody else: this session's JWT audit) is not passed on.
+    let other = hs256(&access_claims(json!({"user_id": 6})));
+    for authorization in ["Basic dXNlcjpwdw==".to_string(), format!("JWT {other}")] {
+        let res = reqwest::Client::new()
+            .get(gw.url("http", "/api/x"))
+            .header("cookie", format!("access_token={token}"))
+            .header("authorization", &authorization)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let seen = up.last();
+        assert_eq!(seen.headers["x-user-id"], "5");
+        assert!(
+            seen.headers.get("authorization").is_none(),
+            "{authorization}"
+        );
+    }
 }
 
 #[tokio::test]

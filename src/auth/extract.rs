@@ -148,6 +148,28 @@ pub(crate) fn set_forward_headers(
     }
 }
 
+/// After a token from `sources` was verified: an `Authorization` header that does not carry
+/// that very token (another scheme such as `Basic` or `JWT`, or another bearer token while
+/// the verified one came from a cookie) is removed, so the app behind cannot authenticate
+/// the request as someone other than the verified token's subject.
+pub(crate) fn keep_one_credential(sources: &[KeySource], headers: &mut HeaderMap) {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    if values.next().is_none() {
+        return;
+    }
+    let carries_token = values.next().is_none()
+        && match (
+            find_token(sources, headers),
+            from_header(&AUTHORIZATION, headers),
+        ) {
+            (Ok(verified), Ok(Some(bearer))) => verified == bearer,
+            _ => false,
+        };
+    if !carries_token {
+        headers.remove(AUTHORIZATION);
+    }
+}
+
 /// `forward_token: false`: the upstream sees the token in none of the policy's sources —
 /// those headers are removed and the token cookies cut out of `Cookie` (other cookies stay).
 pub(crate) fn strip_token_sources(sources: &[KeySource], headers: &mut HeaderMap) {

@@ -265,6 +265,7 @@ impl JwtPolicy {
     /// `Authorization` (or other) header, and the token cookie from `Cookie` (other cookies
     /// are kept).
     pub fn apply(&self, verified: &Verified, headers: &mut HeaderMap) {
+        extract::keep_one_credential(&self.sources, headers);
         extract::set_forward_headers(&self.forward_claims, &verified.claims, headers);
         if !self.forward_token {
             extract::strip_token_sources(&self.sources, headers);
