@@ -87,11 +87,14 @@ pub fn client_ip(
         return client;
     }
     for line in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-        let Ok(text) = line.to_str() else {
-            return client;
-        };
-        for entry in text.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let Some(ip) = parse_forwarded(entry) else {
+        // Entry by entry from the right: bytes that are not text in an entry further left
+        // (which a trusted proxy appends to as it is) must not hide the valid ones after it.
+        let entries = line
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .map(<[u8]>::trim_ascii);
+        for entry in entries.filter(|e| !e.is_empty()) {
+            let Some(ip) = std::str::from_utf8(entry).ok().and_then(parse_forwarded) else {
                 return client;
             };
             client = ip;
@@ -131,13 +134,16 @@ fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
     (!out.is_empty()).then_some(out)
 }
 
-/// The first non-empty value of cookie `name` (RFC 6265 §4.2.1, optional quotes removed).
+/// The value of cookie `name` as Django reads it (`parse_cookie`: pairs split at every `;`,
+/// quotes removed, the last pair of a name wins); an empty value counts as missing. Taking
+/// the first instead let a client put a fresh decoy `sessionid=...;` before its real one and
+/// get a fresh bucket while Django still used the real session.
 fn cookie_text(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
-    headers
+    let value = headers
         .get_all(COOKIE)
         .iter()
         .flat_map(|h| h.as_bytes().split(|b| *b == b';'))
-        .find_map(|pair| {
+        .filter_map(|pair| {
             let pair = pair.trim_ascii();
             let eq = pair.iter().position(|b| *b == b'=')?;
             let (n, v) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
@@ -145,8 +151,10 @@ fn cookie_text(headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
                 [b'"', inner @ .., b'"'] => inner,
                 v => v,
             };
-            (n == name.as_bytes() && !v.is_empty()).then(|| v.to_vec())
+            (n == name.as_bytes()).then_some(v)
         })
+        .next_back()?;
+    (!value.is_empty()).then(|| value.to_vec())
 }
 
 /// Strings as they are, numbers in decimal (`42` and `"42"` are one user: simplejwt sends
@@ -238,6 +246,12 @@ mod tests {
                 "{lines:?}"
             );
         }
+        // A non-text byte left of what the proxy appended does not hide the appended entry
+        // (it used to end the walk at the proxy, moving the client onto the proxy's key).
+        let mut h = HeaderMap::new();
+        let line = HeaderValue::from_bytes(b"\xff, 203.0.113.9").unwrap();
+        h.append(&X_FORWARDED_FOR, line);
+        assert_eq!(client_ip(peer, true, &h, &trusted), ip("203.0.113.9"));
     }
 
     #[test]
@@ -264,10 +278,25 @@ mod tests {
             KeyMaterial::Text(b"abc, def".to_vec())
         );
         let cookie = KeySource::Cookie("sid".into());
+        // Django's parse_cookie: the last pair of a name wins, whatever comes before it.
         assert_eq!(
             key_material(&cookie, &input(&h, None)),
-            KeyMaterial::Text(b"s1".to_vec())
+            KeyMaterial::Text(b"s2".to_vec())
         );
+        for decoyed in [
+            "sid=decoy1; a=1; sid=real",
+            "csrftoken=\"x;sid=decoy\"; sid=real",
+        ] {
+            let mut d = HeaderMap::new();
+            d.append(COOKIE, HeaderValue::from_static(decoyed));
+            let key = key_material(&cookie, &input(&d, None));
+            assert_eq!(key, KeyMaterial::Text(b"real".to_vec()), "{decoyed}");
+        }
+        // A last, empty `sid=` is no session to Django: the client address.
+        let mut d = HeaderMap::new();
+        d.append(COOKIE, HeaderValue::from_static("sid=s1; sid="));
+        let key = key_material(&cookie, &input(&d, None));
+        assert_eq!(key, KeyMaterial::Ip(ip("192.0.2.1")));
 
         let claims: Map<String, Value> =
             serde_json::from_str(r#"{"n": 42, "s": "42", "b": true, "z": null, "e": ""}"#).unwrap();
