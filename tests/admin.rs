@@ -348,6 +348,48 @@ async fn health_upstreams_and_unknown_paths() {
     assert!(text.contains("# TYPE gateway_requests counter\n"));
 }
 
+/// Requests a browser sends for a web page are refused: a page on any site could otherwise
+/// `POST /reload` by a plain form (this session's audit: 200 with `Origin: http://evil.example`,
+/// every rate-limit bucket reset), or read `/upstreams` after a DNS rebinding. The operator
+/// typing the address (`Sec-Fetch-Site: none`), curl and Prometheus are served.
+#[tokio::test]
+async fn requests_from_web_pages_are_refused() {
+    let up = TestUpstream::echo().await;
+    let ca = TestCa::new();
+    let gw = AdminGateway::start(&yaml(up.addr, closed_port().await, &ca)).await;
+    let forged = gw
+        .client
+        .post(gw.admin_url("/reload"))
+        .header("origin", "http://evil.example")
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(
+        forged.text().await.unwrap(),
+        r#"{"error":"forbidden","status":403}"#
+    );
+    let rebound = gw
+        .client
+        .get(gw.admin_url("/upstreams"))
+        .header("host", "evil.example")
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), 403);
+    let typed = gw
+        .client
+        .get(gw.admin_url("/metrics"))
+        .header("sec-fetch-site", "none")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(typed.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_turns_503_while_draining_and_admin_stops_after() {
     let slow = TestUpstream::start(|_seen: Seen| async {

@@ -107,6 +107,13 @@ pub fn not_found() -> Response<GatewayBody> {
     )
 }
 
+pub fn forbidden() -> Response<GatewayBody> {
+    json_response(
+        StatusCode::FORBIDDEN,
+        &json!({"error": "forbidden", "status": 403}),
+    )
+}
+
 pub fn method_not_allowed(allow: &'static str) -> Response<GatewayBody> {
     let mut response = json_response(
         StatusCode::METHOD_NOT_ALLOWED,

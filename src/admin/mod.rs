@@ -130,6 +130,9 @@ async fn handle(
     ctx: Arc<AdminContext>,
     req: Request<Incoming>,
 ) -> Result<Response<GatewayBody>, Infallible> {
+    if from_a_web_page(req.headers()) {
+        return Ok(endpoints::forbidden());
+    }
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     let response = match (req.uri().path(), read) {
         ("/metrics", true) => endpoints::metrics(&ctx.metrics, req.headers()),
@@ -144,4 +147,17 @@ async fn handle(
         _ => endpoints::not_found(),
     };
     Ok(response)
+}
+
+/// Whether a browser sent the request on behalf of a web page: it carries `Origin` (every
+/// cross-origin request and every POST from a page), or `Sec-Fetch-Site` says anything but
+/// `none` (what a browser sends when the operator types the address). The admin listener has
+/// no authentication, so without this any page open in a browser on the operator's machine
+/// could `POST /reload` with a form (no CORS preflight for that), and a DNS-rebinding page
+/// could read `/upstreams` as "same-origin". curl, Prometheus and kubelet send neither.
+fn from_a_web_page(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::ORIGIN)
+        || headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site.as_bytes() != b"none")
 }
