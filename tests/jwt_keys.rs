@@ -461,6 +461,16 @@ async fn gateway_token_errors_go_to_stderr_with_exit_1() {
         ),
         (vec!["--policy", "rs"], "private key"),
         (vec!["--policy", "django", "--ttl", "soon"], "--ttl"),
+        (vec!["--policy", "django", "--ttl", "0s"], "at least 1s"),
+        (vec!["--policy", "django", "--ttl", "400d"], "365d"),
+        (
+            vec!["--policy", "django", "--claim", "exp=abc"],
+            "exp must be a whole number",
+        ),
+        (
+            vec!["--policy", "django", "--claim", "exp=1e400"],
+            "exp must be a whole number",
+        ),
         (
             vec!["--policy", "django", "--claim", "user_id"],
             "NAME=VALUE",

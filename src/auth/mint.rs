@@ -79,6 +79,11 @@ fn payload(
     claims: &[(String, String)],
     ttl: Duration,
 ) -> Result<Map<String, Value>, String> {
+    if ttl < Duration::from_secs(1) || ttl > crate::config::units::MAX_CONFIG_DURATION {
+        return Err(format!(
+            "--ttl {ttl:?}: a token must live at least 1s and at most 365d (0s would be expired at once)"
+        ));
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|_| "the system clock is before 1970".to_string())?
@@ -101,6 +106,13 @@ fn payload(
             return Err("a claim needs a name (--claim NAME=VALUE)".into());
         }
         let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.clone()));
+        // The policy refuses time claims that are not whole numbers of seconds: minting one
+        // would hand out a token that never works.
+        if matches!(k.as_str(), "exp" | "nbf" | "iat") && !(value.is_u64() || value.is_i64()) {
+            return Err(format!(
+                "--claim {k}={v}: {k} must be a whole number of seconds since 1970"
+            ));
+        }
         out.insert(k.clone(), value);
     }
     Ok(out)
