@@ -19,9 +19,11 @@ use crate::listener::set::{ListenerError, ListenerSet, Shared};
 use crate::metrics::Metrics;
 use crate::reload::Reloader;
 
+/// Each error's cause is its `source()`, printed after it by `{:#}` (anyhow's chain, as `main`
+/// prints it): repeating it in the message printed it twice.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("listeners[{index}] ({name}): cannot bind {addr}: {source}")]
+    #[error("listeners[{index}] ({name}): cannot bind {addr}")]
     Bind {
         index: usize,
         name: String,
@@ -31,12 +33,12 @@ pub enum StartError {
     /// JWT policies that could not be built (keys unreadable, first JWKS fetch failed).
     #[error("{}", .0.join("; "))]
     Policies(Vec<String>),
-    #[error("admin.bind: cannot bind {addr}: {source}")]
+    #[error("admin.bind: cannot bind {addr}")]
     AdminBind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("listeners[{index}] ({name}): TLS configuration: {source}")]
+    #[error("listeners[{index}] ({name}): TLS configuration")]
     Tls {
         index: usize,
         name: String,
