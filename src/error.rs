@@ -85,6 +85,11 @@ pub enum GatewayError {
         #[source]
         source: BoxError,
     },
+    /// The client closed its connection while the request was being handled (nginx's 499):
+    /// the work for it is dropped (the upstream exchange with it) and only the log and the
+    /// metrics see the status.
+    #[error("the client closed the connection before the response")]
+    ClientClosed,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -109,6 +114,7 @@ impl GatewayError {
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::ClientClosed => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -134,6 +140,7 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamFailed { .. } => "upstream_failed",
             Self::Internal(_) => "internal_error",
+            Self::ClientClosed => "client_closed_request",
         }
     }
 
@@ -154,7 +161,10 @@ impl GatewayError {
     /// Whether the client connection must be closed after this response (the byte stream
     /// can no longer be trusted to be in sync).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Self::BadFraming(_) | Self::ClientBody(_))
+        matches!(
+            self,
+            Self::BadFraming(_) | Self::ClientBody(_) | Self::ClientClosed
+        )
     }
 
     /// The response a client sees: status, `{"error":"...","status":N}`, and the headers

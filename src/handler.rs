@@ -16,7 +16,9 @@
 //! 8. response          — `X-Request-Id` on every response, then the access log.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -251,10 +253,15 @@ impl Handled {
 }
 
 /// The connection's entry point: never fails; every error is a response.
+/// `client_gone`, when the connection can tell, completes once the client has closed its
+/// connection (HTTP/1.1; an HTTP/2 stream reset drops this future instead): the request is
+/// then abandoned (its upstream exchange dropped, its server's in-flight slot freed) and
+/// logged and counted as 499, as nginx does.
 pub async fn handle(
     state: Arc<State>,
     conn: Arc<ConnInfo>,
     req: Request<RequestBody>,
+    client_gone: Option<Pin<&mut (dyn Future<Output = ()> + Send + '_)>>,
 ) -> Result<Handled, Infallible> {
     let start = Instant::now();
     let method = MethodClass::of(req.method());
@@ -292,7 +299,15 @@ pub async fn handle(
             &mut labels
         ));
         // Events below the handler (proxy, JWT, static files) take the id from here.
-        observability::in_request(&request_id, routed).await
+        let scoped = observability::in_request(&request_id, routed);
+        match client_gone {
+            None => scoped.await,
+            Some(gone) => tokio::select! {
+                biased;
+                routed = scoped => routed,
+                () = gone => Err(GatewayError::ClientClosed),
+            },
+        }
     };
     let Reply { response, fields } = match routed {
         Ok(reply) => reply,

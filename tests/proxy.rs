@@ -515,3 +515,67 @@ async fn h2c(
     tokio::spawn(conn);
     send
 }
+
+/// A client that closes its connection while its request waits on the upstream abandons the
+/// request at once (nginx's 499), instead of holding the server's in-flight slot and the
+/// upstream connection until `response_timeout` (this session's audit: 30 s of
+/// `gateway_upstream_server_in_flight` 4 after four clients had gone). Pipelined bytes do not
+/// count as going away.
+#[tokio::test]
+async fn a_client_that_goes_away_abandons_its_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    let upstream_closed = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let closed = upstream_closed.clone();
+    tokio::spawn(async move {
+        // Reads the request, never answers, and notes when the gateway closes the connection.
+        while let Ok((mut s, _)) = listener.accept().await {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let yaml =
+        simple_yaml(up_addr, "", "").replace("response_timeout: 5s", "response_timeout: 30s");
+    let gw = TestGateway::start(&yaml).await;
+    let in_flight = || gw.gateway.state().upstreams[0].servers[0].state.in_flight();
+    let mut client = tokio::net::TcpStream::connect(gw.addr("http"))
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\nGET /next HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let waited = std::time::Instant::now();
+    while in_flight() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The pipelined second request is not a departure: still in flight a while later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(in_flight(), 1);
+    drop(client);
+    let gone = std::time::Instant::now();
+    while in_flight() != 0 || upstream_closed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(3),
+            "still in flight {} / upstream connection open after the client left",
+            in_flight()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

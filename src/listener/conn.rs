@@ -174,7 +174,7 @@ pub async fn serve<I>(
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse().ok());
         let req = req.map(|body| RequestBody::Http2(Http2Body::new(body, idle, declared)));
-        let handled = handler::handle(state.load_full(), info.clone(), req);
+        let handled = handler::handle(state.load_full(), info.clone(), req, None);
         async move {
             let response = handled.await?.into_response(head_request);
             Ok::<_, std::convert::Infallible>(response.map(|inner| {

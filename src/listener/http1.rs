@@ -287,6 +287,44 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Core<I> {
     }
 }
 
+/// Completes when the client closes its connection (or it fails) while its request is being
+/// handled, once the request's body has been read (before that the body reader owns the
+/// socket). Bytes that arrive meanwhile (a pipelined request) stay in the buffer for later;
+/// past `max_head` of them it stops reading (and so watching), which bounds the buffer.
+struct ClientWatch<'c, I> {
+    core: &'c Mutex<Core<I>>,
+    /// It completed: the client is gone.
+    gone: bool,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> Future for ClientWatch<'_, I> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        let mut core = lock(this.core);
+        loop {
+            if core.eof {
+                this.gone = true;
+                return Poll::Ready(());
+            }
+            // Re-polled whenever the request's task wakes, so the watch starts soon after
+            // the body is read.
+            if !matches!(core.decoder, Decoder::Done) || core.buf.len() >= core.max_head {
+                return Poll::Pending;
+            }
+            match core.poll_read(cx, HEAD_READ) {
+                Poll::Ready(Ok(0) | Err(_)) => {
+                    this.gone = true;
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
 fn lock<I>(core: &Mutex<Core<I>>) -> MutexGuard<'_, Core<I>> {
     core.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -476,10 +514,24 @@ where
             request.extensions_mut().insert(rx);
             asked.upgrade = Some(tx);
         }
-        let handled = match handler::handle(state.load_full(), self.info.clone(), request).await {
-            Ok(handled) => handled,
-            Err(never) => match never {},
-        };
+        // Watched while the handler works (not for an upgrade, whose first bytes after the
+        // head belong to the new protocol): a client that goes away abandons its request.
+        let mut watch = std::pin::pin!(ClientWatch {
+            core: &self.core,
+            gone: false,
+        });
+        let watched =
+            (!upgrade).then_some(watch.as_mut() as Pin<&mut (dyn Future<Output = ()> + Send)>);
+        let handled =
+            match handler::handle(state.load_full(), self.info.clone(), request, watched).await {
+                Ok(handled) => handled,
+                Err(never) => match never {},
+            };
+        if watch.gone {
+            // Nobody to answer (a half-closed client gets nothing either, as from nginx):
+            // dropping the 499 logs and counts it.
+            return Next::Close { linger: false };
+        }
         self.respond(
             handled.response,
             Some(&handled.request_id),
