@@ -313,12 +313,25 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Future for ClientWatch<'_, I> {
             if !matches!(core.decoder, Decoder::Done) || core.buf.len() >= core.max_head {
                 return Poll::Pending;
             }
-            match core.poll_read(cx, HEAD_READ) {
-                Poll::Ready(Ok(0) | Err(_)) => {
+            // Into a small buffer on the stack, copied over only when bytes do arrive: the
+            // connection buffer's spare room is usually shared with the request's head still
+            // in use, and reserving room there would allocate for every request.
+            let mut scratch = [0u8; 512];
+            let mut read = tokio::io::ReadBuf::new(&mut scratch);
+            match Pin::new(&mut core.io).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    core.eof = true;
                     this.gone = true;
                     return Poll::Ready(());
                 }
-                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Ok(())) => {
+                    let filled = read.filled();
+                    core.buf.extend_from_slice(filled);
+                }
+                Poll::Ready(Err(_)) => {
+                    this.gone = true;
+                    return Poll::Ready(());
+                }
                 Poll::Pending => return Poll::Pending,
             }
         }
