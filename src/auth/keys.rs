@@ -5,7 +5,9 @@
 use std::path::Path;
 
 use aws_lc_rs::digest;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde_json::Value;
 
@@ -250,7 +252,8 @@ fn rsa_size_ok(key: &DecodingKey) -> Result<(), String> {
 }
 
 /// Parses a JWKS document. Keys we cannot or must not use are skipped with a warning:
-/// symmetric (`oct`) keys (a public JWKS never legitimately holds one), encryption keys,
+/// symmetric (`oct`) keys (a public JWKS never legitimately holds one), encryption keys
+/// (`use: enc`, or `key_ops` without `verify`),
 /// unknown types and curves, RSA under 2048 bits. No usable key at all is an error.
 pub(crate) fn parse_jwks(body: &[u8]) -> Result<Vec<KeyEntry>, String> {
     let doc: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
@@ -277,6 +280,10 @@ fn jwk_entry(raw: &Value) -> Result<KeyEntry, String> {
     let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|e| format!("invalid JWK: {e}"))?;
     if matches!(jwk.common.public_key_use, Some(ref u) if *u != PublicKeyUse::Signature) {
         return Err("not a signature key (use)".into());
+    }
+    // RFC 7517 §4.3: with `key_ops`, only the listed operations (ours is `verify`).
+    if matches!(&jwk.common.key_operations, Some(ops) if !ops.contains(&KeyOperations::Verify)) {
+        return Err("not a verification key (key_ops)".into());
     }
     let alg = match jwk.common.key_algorithm {
         None => None,

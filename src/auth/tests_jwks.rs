@@ -226,3 +226,17 @@ async fn a_reload_keeps_the_running_keys_of_an_unchanged_url() {
         .await
         .is_err());
 }
+
+/// A JWK whose `key_ops` leave out `verify` (say `["encrypt"]`) is not a verification key,
+/// like one marked `use: enc` (this session's JWT audit: only `use` was checked).
+#[test]
+fn keys_whose_key_ops_leave_out_verify_are_skipped() {
+    let with_ops = |ops: serde_json::Value| {
+        let mut jwk = rsa().jwk_with_kid("k");
+        jwk["key_ops"] = ops;
+        serde_json::to_vec(&json!({ "keys": [jwk] })).unwrap()
+    };
+    let refused = super::keys::parse_jwks(&with_ops(json!(["encrypt"])));
+    assert_eq!(refused.err().as_deref(), Some("no usable signing key"));
+    assert!(super::keys::parse_jwks(&with_ops(json!(["verify"]))).is_ok());
+}
