@@ -319,19 +319,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Future for ClientWatch<'_, I> {
             let mut scratch = [0u8; 512];
             let mut read = tokio::io::ReadBuf::new(&mut scratch);
             match Pin::new(&mut core.io).poll_read(cx, &mut read) {
-                Poll::Ready(Ok(())) if read.filled().is_empty() => {
-                    core.eof = true;
-                    this.gone = true;
-                    return Poll::Ready(());
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => {
+                    core.buf.extend_from_slice(read.filled());
                 }
-                Poll::Ready(Ok(())) => {
-                    let filled = read.filled();
-                    core.buf.extend_from_slice(filled);
-                }
-                Poll::Ready(Err(_)) => {
-                    this.gone = true;
-                    return Poll::Ready(());
-                }
+                // End of stream or a failed socket: the client is gone (checked above).
+                Poll::Ready(_) => core.eof = true,
                 Poll::Pending => return Poll::Pending,
             }
         }

@@ -137,8 +137,8 @@ impl Upstream {
         if let Some(i) = self.balancer.pick(hash, &ok, &load, &latency) {
             return Ok(i);
         }
-        let usable = |i: &usize| !tried.contains(i) && self.servers[*i].state.usable(now);
-        if (0..self.servers.len()).any(|i| usable(&i)) {
+        if (0..self.servers.len()).any(|i| !tried.contains(&i) && self.servers[i].state.usable(now))
+        {
             // Some server may take the request once it has room.
             return Err(if cap > 0 {
                 NoServer::AtCapacity

@@ -104,13 +104,13 @@ impl JwtPolicy {
                 self.keys.store(Arc::new(next));
                 self.cache.clear();
             }
-            Err(e) if !self.keys_loaded() => {
-                remote.record_failure();
-                tracing::warn!(policy = %self.name, "JWKS fetch failed, still no keys (its routes answer 503): {e}");
-            }
             Err(e) => {
                 remote.record_failure();
-                tracing::warn!(policy = %self.name, "JWKS refresh failed, keeping the previous keys: {e}");
+                if self.keys_loaded() {
+                    tracing::warn!(policy = %self.name, "JWKS refresh failed, keeping the previous keys: {e}");
+                } else {
+                    tracing::warn!(policy = %self.name, "JWKS fetch failed, still no keys (its routes answer 503): {e}");
+                }
             }
         }
     }
